@@ -1,0 +1,113 @@
+"""Secret-looking label values: detect them and replace them by a stable fingerprint.
+
+The source document records credits with `user_id=api_key`. Anything that ends up in a
+label value is stored by Prometheus, copied into recording rules and shown on dashboards,
+so a key that reaches a label has leaked. `user_id` and `api_key_id` values that look like
+credentials are therefore replaced by `sha256:` + 12 hex digits of their SHA-256: stable
+(the same key always gives the same series), distinct in practice (48 bits), and useless
+to an attacker because the input is a high-entropy token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+from collections.abc import Callable
+
+SecretDetector = Callable[[str], bool]
+"""Decides whether a label value looks like a credential."""
+
+FINGERPRINT_PREFIX = "sha256:"
+FINGERPRINT_HEX_DIGITS = 12
+
+SECRET_PREFIXES: tuple[str, ...] = (
+    "sk-",  # OpenAI, Anthropic (sk-ant-), OpenRouter (sk-or-), DeepSeek
+    "sk_",  # Stripe secret keys and many in-house schemes
+    "rk_",  # Stripe restricted keys
+    "pk_",  # Stripe publishable keys: not secret, but never a user id either
+    "ghp_",  # GitHub tokens: personal, OAuth, user, server, refresh
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",  # GitLab
+    "xoxa-",  # Slack
+    "xoxb-",
+    "xoxp-",
+    "xoxr-",
+    "xoxs-",
+    "AKIA",  # AWS access key ids
+    "ASIA",
+    "AIza",  # Google API keys
+    "gw_live_",  # gateway keys
+    "gw_test_",
+    "eyJ",  # a JWT: base64 of '{"'
+)
+"""Prefixes of well-known credential formats; a value with one of them and at least eight
+more characters is treated as a secret."""
+
+_MIN_CHARS_AFTER_PREFIX = 8
+_MIN_TOKEN_LENGTH = 20
+_MIN_ALNUM = 16
+_MIN_CLASS_SWITCH_RATIO = 0.2
+_MIN_ENTROPY_BITS = 3.0
+_AUTH_SCHEMES = ("bearer ", "basic ", "token ")
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.+/=~:]+")
+_OWN_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{12}")
+_HEX = re.compile(r"(?=[0-9a-fA-F]*[0-9])(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]+")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def fingerprint(value: str) -> str:
+    """`sha256:` + the first 12 hex digits of the SHA-256 of `value` (UTF-8)."""
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return FINGERPRINT_PREFIX + digest[:FINGERPRINT_HEX_DIGITS]
+
+
+def _class_of(char: str) -> int:
+    if char.isdigit():
+        return 0
+    return 1 if char.islower() else 2
+
+
+def _shannon_bits_per_char(text: str) -> float:
+    counts: dict[str, int] = {}
+    for char in text:
+        counts[char] = counts.get(char, 0) + 1
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def looks_like_secret(value: str) -> bool:
+    """The default rule: does `value` look like an API key, token or password hash?
+
+    True for values that start with a well-known credential prefix (`sk-`, `ghp_`, `AKIA`,
+    `eyJ` of a JWT, `Bearer `...) followed by at least eight characters, and for long
+    random-looking tokens: at least 20 token characters (letters, digits, `_-.+/=~:`) whose
+    character class (digit, lower case, upper case) switches often, as it does in random
+    base62/base64 but not in readable ids such as `tenant_12345_project_67890`, and 20+ hex
+    digits that mix digits and letters.
+    Canonical (dashed) UUIDs, `user123` and `key_42` stay readable.
+    """
+    if value.startswith(SECRET_PREFIXES):
+        prefix_len = next(len(p) for p in SECRET_PREFIXES if value.startswith(p))
+        if len(value) >= prefix_len + _MIN_CHARS_AFTER_PREFIX:
+            return True
+    if value[:7].lower().startswith(_AUTH_SCHEMES) and len(value) >= 14:
+        return True
+    if len(value) < _MIN_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(value):
+        return False
+    if _UUID.fullmatch(value) or _OWN_FINGERPRINT.fullmatch(value):
+        return False
+    if _HEX.fullmatch(value):
+        return True  # 20+ hex digits mixing digits and letters: a key or a hash, not a name
+    alnum = [c for c in value if c.isascii() and c.isalnum()]
+    if len(alnum) < _MIN_ALNUM:
+        return False
+    switches = sum(1 for a, b in itertools.pairwise(alnum) if _class_of(a) != _class_of(b))
+    if switches / (len(alnum) - 1) < _MIN_CLASS_SWITCH_RATIO:
+        return False
+    return _shannon_bits_per_char("".join(alnum)) >= _MIN_ENTROPY_BITS
