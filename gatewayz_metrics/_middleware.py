@@ -95,7 +95,7 @@ class PrometheusMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
+        path = _route_path(scope)
         served = self._served
         if served is None:
             served = self._discover_metrics(scope)
@@ -123,6 +123,8 @@ class PrometheusMiddleware:
         received = 0
         sent = 0
         client_gone = False
+        # A server sends no body in answer to HEAD, whatever the application hands it.
+        count_body = scope.get("method") != "HEAD"
 
         async def receive_wrapper() -> Message:
             nonlocal received, client_gone
@@ -146,7 +148,8 @@ class PrometheusMiddleware:
                     status = message["status"]
                     response_start = perf_counter()
                 elif kind == "http.response.body":
-                    sent += len(message.get("body", b""))
+                    if count_body:
+                        sent += len(message.get("body", b""))
                     last = not message.get("more_body", False)
                 elif kind == "http.response.pathsend":
                     last = True
@@ -220,6 +223,21 @@ class PrometheusMiddleware:
             served[self.metrics_path] = self._own_metrics_app
         self._served = served
         return served
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below `root_path`, as the application's router sees it.
+
+    Servers run behind a prefix (`uvicorn --root-path /api`) put the prefix in both
+    `root_path` and `path`; `metrics_path` and `exclude_paths` name application paths.
+    """
+    path: str = scope.get("path", "")
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        rest = path[len(root_path) :]
+        if not rest or rest[0] == "/":
+            return rest or "/"
+    return path
 
 
 def _status_label(status: Any) -> str:

@@ -90,6 +90,14 @@ class TemplateIndex:
                 url_map = getattr(getattr(root, "__self__", root), "url_map", None)
                 if url_map is not None:
                     return _match_werkzeug(url_map, scope, root_path)
+                return UNMATCHED_ENDPOINT
+            # No route left in the scope: a 404, or a mount under a router that does not
+            # record mounts (FastAPI). Matching the tree tells the two apart.
+            return _match_tree(root, scope, root_path) or UNMATCHED_ENDPOINT
+        if _mount_prefix(route) is not None and _children(route) is not None:
+            # A router inside a mount that matches a request replaces `scope["route"]`
+            # with its own route; the mount is still there only when nothing inside it
+            # matched, a 404 that must not be labelled with the mount's `/{path}` template.
             return UNMATCHED_ENDPOINT
         entry = self._templates.get(id(route))
         if entry is None or entry[0] is not route:
@@ -167,9 +175,13 @@ def _match_routes(
         children = _children(matched)
         template: str | None = None
         if children is not None:
+            # A mount of routes is only a match if a route inside it matches: a path
+            # under the mount that nothing inside matched is a 404, not `/prefix/{path}`.
             inner = {**scope, **child_scope}
             template = _match_routes(children, inner, prefix + (mount or ""), depth + 1)
-        if template is None and isinstance(path_format, str):
+            if template is None:
+                continue
+        elif isinstance(path_format, str):
             template = prefix + path_format
         if level == _FULL:
             return template
