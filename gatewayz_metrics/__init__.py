@@ -40,6 +40,13 @@ from gatewayz_metrics._http import (
 )
 from gatewayz_metrics._labels import MAX_LABEL_LENGTH
 from gatewayz_metrics._middleware import PrometheusMiddleware
+from gatewayz_metrics._multiprocess import (
+    check_multiproc_dir,
+    gunicorn_child_exit,
+    mark_dead_workers,
+    multiprocess_registry,
+    retire_worker,
+)
 from gatewayz_metrics._secrets import looks_like_secret
 from gatewayz_metrics._version import __version__
 
@@ -64,13 +71,18 @@ __all__ = [
     "MetricsApp",
     "PrometheusMiddleware",
     "__version__",
+    "check_multiproc_dir",
+    "gunicorn_child_exit",
     "looks_like_secret",
+    "mark_dead_workers",
+    "multiprocess_registry",
     "record_api_key_usage",
     "record_cache_hit",
     "record_cache_miss",
     "record_credits_used",
     "record_rate_limited",
     "record_tokens_used",
+    "retire_worker",
     "set_active_api_keys",
     "set_active_connections",
     "set_cache_size",

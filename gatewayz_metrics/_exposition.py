@@ -148,11 +148,9 @@ class MetricsApp:
     def _source(self) -> Collector:
         if not self._multiprocess:
             return self.registry
-        from prometheus_client import multiprocess
+        from gatewayz_metrics._multiprocess import multiprocess_registry
 
-        live = CollectorRegistry()
-        multiprocess.MultiProcessCollector(live)  # type: ignore[no-untyped-call]
-        return live
+        return multiprocess_registry()
 
     @staticmethod
     def _restricted(names: Sequence[str], source: Collector) -> Collector:
