@@ -23,7 +23,7 @@ stamp="$venv/.gatewayz-installed"
 wanted=$(cat pyproject.toml benchmarks/requirements.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e ".[test,lint]"
+    "$venv/bin/python" -m pip install --quiet -e ".[test,lint,demo]"
     if [ -f benchmarks/requirements.txt ]; then
         "$venv/bin/python" -m pip install --quiet -r benchmarks/requirements.txt
     fi
