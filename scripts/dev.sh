@@ -20,7 +20,7 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 stamp="$venv/.gatewayz-installed"
-wanted=$(cat pyproject.toml benchmarks/requirements.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
+wanted=$({ cat pyproject.toml; cat benchmarks/requirements.txt 2>/dev/null || true; } | sha256sum)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet -e ".[test,lint,demo]"
