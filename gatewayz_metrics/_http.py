@@ -61,6 +61,7 @@ class HTTPMetrics:
         "_bound",
         "_counters",
         "_in_progress",
+        "_series",
         "duration",
         "duration_buckets",
         "endpoint_label",
@@ -130,6 +131,7 @@ class HTTPMetrics:
         self._bound: dict[tuple[str, str], BoundChildren] = {}
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._in_progress: dict[str, Any] = {}
+        self._series: dict[tuple[str, str, str], tuple[Any, BoundChildren]] = {}
 
     def bound(self, method: str, endpoint: str) -> BoundChildren:
         """The duration, TTFB and size children of (method, endpoint)."""
@@ -148,6 +150,25 @@ class HTTPMetrics:
                 key, self.requests_total.labels(method, endpoint, status_code)
             )
         return child
+
+    def series(self, method: str, template: str, status_code: str) -> tuple[Any, BoundChildren]:
+        """The request counter and bound children of one finished request, in one look-up.
+
+        `template` is capped here with `endpoint_label`. Only admitted templates are
+        cached: a folded one must reach `endpoint_label` at every request to be counted in
+        `gatewayz_metrics_label_overflow_total`.
+        """
+        key = (method, template, status_code)
+        found = self._series.get(key)
+        if found is None:
+            endpoint = self.endpoint_label(template)
+            found = (
+                self.request_counter(method, endpoint, status_code),
+                self.bound(method, endpoint),
+            )
+            if endpoint == template:
+                found = self._series.setdefault(key, found)
+        return found
 
     def in_progress_gauge(self, method: str) -> Any:
         """The `http_requests_in_progress` child of `method`."""

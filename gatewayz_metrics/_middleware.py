@@ -183,14 +183,18 @@ class PrometheusMiddleware:
                     status_code = "500"
                 else:
                     status_code = _STATUS_LABELS.get(status) or _status_label(status)
-                endpoint = metrics.endpoint_label(self._endpoint(scope, root, root_path))
-                metrics.request_counter(method, endpoint, status_code).inc()
-                children = metrics.bound(method, endpoint)
+                requests, children = metrics.series(
+                    method, self._endpoint(scope, root, root_path), status_code
+                )
+                requests.inc()
                 children.duration.observe(end - start)
                 if response_start:
                     children.ttfb.observe(response_start - start)
-                children.request_size.inc(received)
-                children.response_size.inc(sent)
+                # The series exist from binding; adding 0 (most GETs) is a wasted lock.
+                if received:
+                    children.request_size.inc(received)
+                if sent:
+                    children.response_size.inc(sent)
             except Exception as exc:
                 report_internal_error(metrics.registry, "middleware.record", exc)
 

@@ -57,6 +57,10 @@ def _mount_prefix(route: Any) -> str | None:
     return path_format[: -len("/{path}")]
 
 
+def _nests_routes(route: Any) -> bool:
+    return _mount_prefix(route) is not None and _children(route) is not None
+
+
 def _children(route: Any) -> list[Any] | None:
     try:
         children = getattr(route, "routes", None)
@@ -94,11 +98,6 @@ class TemplateIndex:
             # No route left in the scope: a 404, or a mount under a router that does not
             # record mounts (FastAPI). Matching the tree tells the two apart.
             return _match_tree(root, scope, root_path) or UNMATCHED_ENDPOINT
-        if _mount_prefix(route) is not None and _children(route) is not None:
-            # A router inside a mount that matches a request replaces `scope["route"]`
-            # with its own route; the mount is still there only when nothing inside it
-            # matched, a 404 that must not be labelled with the mount's `/{path}` template.
-            return UNMATCHED_ENDPOINT
         entry = self._templates.get(id(route))
         if entry is None or entry[0] is not route:
             self._rebuild(root)
@@ -107,7 +106,9 @@ class TemplateIndex:
                 # A route outside the tree we know (added by a sub-application at run
                 # time): its own path is the best bounded answer.
                 own = getattr(route, "path_format", None)
-                return own if isinstance(own, str) else UNMATCHED_ENDPOINT
+                if not isinstance(own, str) or _nests_routes(route):
+                    return UNMATCHED_ENDPOINT
+                return own
         template = entry[1]
         if template is not None:
             return template
@@ -137,6 +138,11 @@ def _index(
         children = _children(matched)
         if isinstance(path_format, str):
             template = prefix + path_format
+            if mount is not None and children is not None:
+                # A router inside a mount that matches a request replaces
+                # `scope["route"]` with its own route; the mount is left there only when
+                # nothing inside it matched: a 404, not the mount's `/{path}` template.
+                template = UNMATCHED_ENDPOINT
             for obj in {id(matched): matched, id(original): original}.values():
                 known = out.get(id(obj))
                 if known is None:

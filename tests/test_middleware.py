@@ -810,3 +810,31 @@ def test_invalid_duration_buckets_are_refused(registry: CollectorRegistry) -> No
     """Buckets that are not increasing numbers are a ValueError naming them."""
     with pytest.raises(ValueError, match=re.escape("(1.0, 0.5)")):
         PrometheusMiddleware(noop_app, registry=registry, duration_buckets=[1.0, 0.5])
+
+
+async def test_endpoints_past_the_cap_fold_into_other_and_are_counted(
+    registry: CollectorRegistry,
+) -> None:
+    """Past `max_endpoints`, templates fold into `__other__`; every folded request is counted."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    wrapped = PrometheusMiddleware(
+        app,
+        registry=registry,
+        max_endpoints=3,
+        route_resolver=lambda scope: scope["path"],
+    )
+    async with client_for(wrapped) as client:
+        for round_ in range(2):
+            for n in range(10):
+                assert (await client.get(f"/t{n}")).status_code == 200, round_
+    assert endpoints(registry) == {"/t0", "/t1", "/t2", "__other__"}
+    assert requests_total(registry, "/t0", "200") == 2
+    assert requests_total(registry, "__other__", "200") == 14
+    overflow = registry.get_sample_value(
+        "gatewayz_metrics_label_overflow_total",
+        {"metric": "http_requests_total", "label": "endpoint"},
+    )
+    assert overflow == 14
