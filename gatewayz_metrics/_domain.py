@@ -857,7 +857,7 @@ class _HTTPTracker(Tracker[HTTPRequestHandle]):
         self._endpoint = endpoint
 
     def _open(self) -> HTTPRequestHandle:
-        return HTTPRequestHandle(request_measured.get())
+        return HTTPRequestHandle(bool(request_measured.get()))
 
     def _close(self, handle: HTTPRequestHandle, duration: float, exc: BaseException | None) -> None:
         if handle.measured_by_middleware:

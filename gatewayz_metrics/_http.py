@@ -35,9 +35,12 @@ STANDARD_METHODS: dict[str, str] = {
     m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 }
 
-# Set while the middleware measures a request, so that `track_http_request` inside a
-# handler does not count the same request a second time.
-request_measured: ContextVar[bool] = ContextVar("gatewayz_metrics_request_measured", default=False)
+# The registries whose middleware is measuring the current request: `track_http_request`
+# inside a handler does not count the request a second time, and a second middleware on
+# the same registry (stacked twice by mistake) passes the request through.
+request_measured: ContextVar[tuple[CollectorRegistry, ...]] = ContextVar(
+    "gatewayz_metrics_request_measured", default=()
+)
 
 
 def check_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:

@@ -111,6 +111,13 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
 
+        measuring = request_measured.get()
+        if measuring and self.registry in measuring:
+            # The same registry is already measuring this request (the middleware was
+            # added twice): counting it again would double every number.
+            await self.app(scope, receive, send)
+            return
+
         method = STANDARD_METHODS.get(scope.get("method"), OTHER_METHOD)  # type: ignore[arg-type]
         root = scope.get("app", self.app)
         root_path = scope.get("root_path", "")
@@ -165,7 +172,7 @@ class PrometheusMiddleware:
                 response_end = perf_counter()
 
         in_progress.inc()
-        token = request_measured.set(True)
+        token = request_measured.set((*measuring, self.registry))
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except asyncio.CancelledError:

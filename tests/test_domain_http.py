@@ -103,7 +103,7 @@ def test_nothing_is_recorded_while_the_middleware_measures(
     registry: CollectorRegistry, metrics: GatewayMetrics
 ) -> None:
     """With `request_measured` set (as the middleware sets it), the helper stays silent."""
-    token = request_measured.set(True)
+    token = request_measured.set((CollectorRegistry(),))
     try:
         with metrics.track_http_request("POST", ENDPOINT) as request:
             assert request.measured_by_middleware

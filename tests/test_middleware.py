@@ -838,3 +838,34 @@ async def test_endpoints_past_the_cap_fold_into_other_and_are_counted(
         {"metric": "http_requests_total", "label": "endpoint"},
     )
     assert overflow == 14
+
+
+async def test_a_middleware_added_twice_counts_each_request_once(
+    registry: CollectorRegistry,
+) -> None:
+    """Two middlewares on one registry record a request once; on two registries, once each."""
+    other = CollectorRegistry()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    def resolver(scope: Any) -> str:
+        return "/ping"
+
+    same = PrometheusMiddleware(
+        PrometheusMiddleware(app, registry=registry, route_resolver=resolver),
+        registry=registry,
+        route_resolver=resolver,
+    )
+    separate = PrometheusMiddleware(
+        PrometheusMiddleware(app, registry=other, route_resolver=resolver),
+        registry=registry,
+        route_resolver=resolver,
+    )
+    async with client_for(same) as client:
+        assert (await client.get("/ping")).status_code == 200
+    assert requests_total(registry, "/ping") == 1
+    async with client_for(separate) as client:
+        assert (await client.get("/ping")).status_code == 200
+    assert requests_total(registry, "/ping") == 2
+    assert requests_total(other, "/ping") == 1
