@@ -32,7 +32,7 @@ from gatewayz_metrics._http import (
     request_measured,
 )
 from gatewayz_metrics._internal import report_internal_error
-from gatewayz_metrics._labels import clean_label
+from gatewayz_metrics._labels import MAX_LABEL_LENGTH, clean_label
 from gatewayz_metrics._registry import get_or_create, resolve_registry
 from gatewayz_metrics._secrets import SecretDetector, looks_like_secret
 from gatewayz_metrics._tracking import OUTCOMES, SUCCESS, Tracker, outcome_of
@@ -201,7 +201,9 @@ class _ChildCache(Generic[T]):
     """Raw caller values -> what they resolve to, so repeat calls skip all checks.
 
     Folded values are not cached: each of their observations must reach the
-    `BoundedLabel`, which counts it in `gatewayz_metrics_label_overflow_total`.
+    `BoundedLabel`, which counts it in `gatewayz_metrics_label_overflow_total`. Nor are
+    values longer than a label can be: the cache would keep the caller's whole string
+    (megabytes, if hostile) to save one hash of it.
     """
 
     __slots__ = ("_entries", "_resolve")
@@ -216,7 +218,9 @@ class _ChildCache(Generic[T]):
         except (KeyError, TypeError):  # TypeError: unhashable input, rejected below
             pass
         value, folded = self._resolve(*key)
-        if not folded:
+        if not folded and not any(
+            type(part) is str and len(part) > MAX_LABEL_LENGTH for part in key
+        ):
             if len(self._entries) >= _MAX_CACHED_CHILDREN:
                 self._entries.clear()
             self._entries[key] = value

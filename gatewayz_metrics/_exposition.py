@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from gatewayz_metrics._internal import logger, report_internal_error
 from gatewayz_metrics._registry import resolve_registry
-from gatewayz_metrics._render import TextRenderer
+from gatewayz_metrics._render import CollectorError, TextRenderer
 from gatewayz_metrics._types import Receive, Scope, Send
 
 BEARER_TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
@@ -71,7 +71,7 @@ class MetricsApp:
         self._renderer = TextRenderer()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
+        kind = scope.get("type")
         if kind == "lifespan":
             await _lifespan(receive, send)
             return
@@ -164,10 +164,14 @@ class MetricsApp:
         # block still run in a worker thread (see TextRenderer).
         try:
             body = await self._renderer.render(self.registry)
+        except CollectorError as exc:
+            # A collector of the user raised: a 500 naming what it raised. Not retried
+            # (it would run again and fail again), and not a fault of ours.
+            raise (exc.__cause__ or exc) from None
         except Exception as exc:
             # The fast path reads prometheus_client internals. Should a release change
             # them, prometheus_client's own encoder still gives the right answer: retry
-            # with it. (A collector of the user that raises raises there too: a 500.)
+            # with it.
             loop = asyncio.get_running_loop()
             body = await loop.run_in_executor(None, self._render, key, generate_latest)
             report_internal_error(self.registry, "render.fast", exc)

@@ -92,7 +92,9 @@ class PrometheusMiddleware:
         self._served_prefixes: tuple[str, ...] = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # `.get` and the type checks below: a malformed scope is the application's to
+        # refuse (or not); the middleware never raises where the bare application would not.
+        if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
@@ -118,7 +120,8 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
 
-        method = STANDARD_METHODS.get(scope.get("method"), OTHER_METHOD)  # type: ignore[arg-type]
+        verb = scope.get("method")
+        method = STANDARD_METHODS.get(verb, OTHER_METHOD) if isinstance(verb, str) else OTHER_METHOD
         root = scope.get("app", self.app)
         root_path = scope.get("root_path", "")
         metrics = self._metrics
@@ -242,9 +245,11 @@ def _route_path(scope: Scope) -> str:
     Servers run behind a prefix (`uvicorn --root-path /api`) put the prefix in both
     `root_path` and `path`; `metrics_path` and `exclude_paths` name application paths.
     """
-    path: str = scope.get("path", "")
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path):
+    path = scope.get("path", "")
+    root_path = scope.get("root_path", "")
+    if not isinstance(path, str):
+        return ""  # matches no metrics or excluded path: the request is measured
+    if root_path and isinstance(root_path, str) and path.startswith(root_path):
         rest = path[len(root_path) :]
         if not rest or rest[0] == "/":
             return rest or "/"

@@ -41,6 +41,7 @@ ARCHIVE = "archive"
 """The 'pid' part of the files that hold the counts of retired workers."""
 
 _LOCK_NAME = "gatewayz-metrics.lock"  # not *.db: MultiProcessCollector never reads it
+_HEADER_BYTES = 8  # MmapedDict: bytes used (4), padding (4)
 _FILE = re.compile(r"^(?P<prefix>counter|histogram|summary|gauge_[a-z]+)_(?P<pid>[^_]+)\.db$")
 # What folding does with two values of one series. `gauge_all` keeps one series per pid (the
 # pid label is its meaning), so it cannot be folded and stays as it is.
@@ -194,8 +195,10 @@ class _LockedCollector(MultiProcessCollector):
                 # The scrape goes on: a dead worker's files left in place are still summed.
                 report_internal_error(REGISTRY, "multiprocess.retire", exc)
         with _locked(directory, exclusive=False):
+            # What MultiProcessCollector.collect does, without the files it cannot read.
             # merge() reads every file before it returns: nothing is read after the unlock.
-            return list(super().collect())  # type: ignore[no-untyped-call]
+            files = [str(file) for file in directory.glob("*.db") if _sized(file)]
+            return list(self.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
 
 
 # --- internals ---------------------------------------------------------------------------
@@ -278,6 +281,19 @@ def _locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def _sized(file: Path) -> bool:
+    """Whether `file` is long enough to hold the header of a metric file.
+
+    A worker killed between creating its file and sizing it (a SIGKILL, the OOM killer)
+    leaves it empty: it holds no value, and prometheus_client fails to read it, which
+    would fail every scrape until the file is removed.
+    """
+    try:
+        return file.stat().st_size >= _HEADER_BYTES
+    except FileNotFoundError:
+        return False  # a live gauge's file, removed by mark_process_dead since the glob
+
+
 def _fold(directory: Path, pid: str) -> None:
     """Fold the files of `pid` into the archive files; the caller holds the exclusive lock."""
     if sys.platform == "win32":  # pragma: no cover - without a lock, readers could count twice
@@ -285,6 +301,9 @@ def _fold(directory: Path, pid: str) -> None:
     for prefix, how in _FOLD.items():
         source = directory / f"{prefix}_{pid}.db"
         if not source.exists():
+            continue
+        if not _sized(source):
+            source.unlink()  # nothing was ever written to it
             continue
         archive = directory / f"{prefix}_{ARCHIVE}.db"
         merged: dict[str, tuple[float, float]] = {}

@@ -84,8 +84,23 @@ class _Chain:
             yield from collector.collect()
 
 
+class CollectorError(Exception):
+    """A collector rendered by prometheus_client's encoder raised; `__cause__` is what it raised.
+
+    Not a fault of the fast path: rendering again with prometheus_client's encoder would run
+    the failing collector a second time and fail the same way.
+    """
+
+
+def _encode(source: Collector) -> bytes:
+    try:
+        return generate_latest(source)
+    except Exception as exc:
+        raise CollectorError(type(exc).__name__) from exc
+
+
 def _render_fallback(collectors: Sequence[Collector]) -> bytes:
-    return generate_latest(_Chain(collectors))
+    return _encode(_Chain(collectors))
 
 
 class _Plan:
@@ -237,10 +252,14 @@ class TextRenderer:
         )
 
     async def render(self, registry: CollectorRegistry) -> bytes:
-        """The text exposition (0.0.4) of `registry`, byte for byte `generate_latest`'s."""
+        """The text exposition (0.0.4) of `registry`, byte for byte `generate_latest`'s.
+
+        A collector handed to prometheus_client's encoder that raises comes out as a
+        `CollectorError` with the collector's exception as its cause.
+        """
         loop = asyncio.get_running_loop()
         if not _plain_registry(registry):
-            return await loop.run_in_executor(None, generate_latest, registry)
+            return await loop.run_in_executor(None, _encode, registry)
         with registry._lock:
             collectors = list(registry._collector_to_names)
             target_info: Metric | None = (
