@@ -50,6 +50,10 @@ class Kind:
     path: Callable[[random.Random], str]
     mode: str = "plain"
     """`plain`, `stream` (read it all), `hangup` (leave after the first event) or `broken`."""
+    close: bool = False
+    """Ask for `Connection: close`. uvicorn closes the connection after a handler raised,
+    although Starlette already sent a complete 500 without saying so; a client that reused
+    it would race the close and fail with a ReadError that is no fault of ours."""
 
 
 CLIENT_ERRORS = (400, 401, 403, 404, 409, 410, 418, 422, 429)
@@ -62,7 +66,7 @@ MIX = (
     Kind("5xx", 6, "GET", "/status/{code}", lambda r: f"/status/{r.choice(SERVER_ERRORS)}"),
     Kind("unmatched", 4, "GET", "__unmatched__", lambda r: f"/no/such/{r.randrange(10**9)}"),
     Kind("405", 3, "POST", "/ping", lambda r: "/ping"),
-    Kind("raises", 6, "GET", "/boom", lambda r: "/boom"),
+    Kind("raises", 6, "GET", "/boom", lambda r: "/boom", close=True),
     Kind("raises-mid-stream", 3, "GET", "/sse-broken", lambda r: "/sse-broken", "broken"),
     # A stream that would go on for a minute: the hang-up always comes before its end, however
     # late a busy client gets round to it.
@@ -129,7 +133,8 @@ async def send_one(client: httpx.AsyncClient, kind: Kind, rnd: random.Random) ->
     """Send one request of `kind`; return the status the middleware should record."""
     path = kind.path(rnd)
     if kind.mode == "plain":
-        response = await client.request(kind.method, path)
+        headers = {"connection": "close"} if kind.close else None
+        response = await client.request(kind.method, path, headers=headers)
         return str(response.status_code)
     async with client.stream(kind.method, path) as response:
         status = str(response.status_code)
