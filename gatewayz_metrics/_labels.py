@@ -31,7 +31,8 @@ def clean_label(
     """Turn a caller's value into a safe label value, or raise naming `argument`.
 
     - not a `str`: `TypeError`; empty (or blank) while `required`: `ValueError`;
-    - a value `secret_detector` flags becomes `sha256:` + 12 hex digits;
+    - a value `secret_detector` flags becomes `sha256:` + 12 hex digits, and so does any
+      value longer than `MAX_LABEL_LENGTH` of a label with a `secret_detector`;
     - lone surrogates, which would make the whole exposition fail to encode, become `?`;
     - a value longer than `MAX_LABEL_LENGTH` keeps its start and gets `~sha256:<12 hex>`
       of the full value appended, so two long values that share a prefix stay distinct.
@@ -40,7 +41,10 @@ def clean_label(
     raw = check_str(argument, value, show_value=secret_detector is None)
     if required and not raw.strip():
         raise ValueError(f"{argument} must be a non-empty string, got {raw!r}")
-    if secret_detector is not None and secret_detector(raw):
+    # A value too long to keep whole would show its start: for a label that may carry a
+    # credential, that start could be the credential. And the detector never has to scan
+    # a hostile megabyte on the event loop.
+    if secret_detector is not None and (len(raw) > MAX_LABEL_LENGTH or secret_detector(raw)):
         return fingerprint(raw)
     text = raw if raw.isascii() else raw.encode("utf-8", "replace").decode("utf-8")
     if len(text) > MAX_LABEL_LENGTH:

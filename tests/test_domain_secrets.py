@@ -134,3 +134,23 @@ def test_a_failing_detector_fails_closed(registry: CollectorRegistry) -> None:
     assert registry.get_sample_value("credits_used_total", labels) == 1.0
     errors = {"component": "secret_detector"}
     assert registry.get_sample_value("gatewayz_metrics_internal_errors_total", errors) == 1
+
+
+def test_an_over_long_user_id_is_fingerprinted_whole_without_scanning_it(
+    registry: CollectorRegistry,
+) -> None:
+    """A `user_id` over the label cap becomes a fingerprint, and the detector never scans it."""
+    scanned: list[int] = []
+
+    def detector(value: str) -> bool:
+        scanned.append(len(value))
+        return looks_like_secret(value)
+
+    metrics = GatewayMetrics(registry, secret_detector=detector)
+    hidden_key = "Zk29fQm7Lp4Xv8Rt1Nc6Wb3Hy5Jd0Gs" + "a" * 1_000_000
+    metrics.record_credits_used("openai", "openai/gpt-4o", hidden_key, 1.0)
+    metrics.record_credits_used("openai", "openai/gpt-4o", "user123", 1.0)
+    labels = {"provider": "openai", "model": "openai/gpt-4o", "user_id": fingerprint(hidden_key)}
+    assert registry.get_sample_value("credits_used_total", labels) == 1.0
+    assert b"Zk29fQm7" not in generate_latest(registry)
+    assert scanned == [len("user123")]
