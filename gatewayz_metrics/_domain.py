@@ -705,20 +705,18 @@ class _Families:
 
 
 class _HTTPSeries:
-    __slots__ = ("by_status", "duration", "endpoint", "http", "method")
+    """The middleware's bound children of one (method, endpoint): one cache serves both."""
+
+    __slots__ = ("duration", "endpoint", "http", "method")
 
     def __init__(self, http: HTTPMetrics, method: str, endpoint: str) -> None:
         self.http = http
         self.method = method
         self.endpoint = endpoint
-        self.duration = http.duration.labels(method, endpoint)
-        self.by_status: dict[int, Counter] = {}
+        self.duration = http.bound(method, endpoint).duration
 
     def requests(self, status_code: int) -> Counter:
-        child = self.by_status.get(status_code)
-        if child is None:
-            child = self.http.requests_total.labels(self.method, self.endpoint, str(status_code))
-            self.by_status[status_code] = child
+        child: Counter = self.http.request_counter(self.method, self.endpoint, str(status_code))
         return child
 
 

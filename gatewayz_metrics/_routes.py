@@ -62,16 +62,12 @@ def _nests_routes(route: Any) -> bool:
 
 
 def _children(route: Any) -> list[Any] | None:
+    """The routes of a mount, router or Starlette/FastAPI application, if it has any."""
     try:
         children = getattr(route, "routes", None)
     except Exception:
         return None
     return list(children) if children else None
-
-
-def _child_routes(app: Any) -> list[Any] | None:
-    """The routes of a Starlette/FastAPI application or router, if it has any."""
-    return _children(app)
 
 
 class TemplateIndex:
@@ -89,7 +85,7 @@ class TemplateIndex:
         """Return the template of the request `scope` that `root` has just handled."""
         route = scope.get("route")
         if route is None:
-            if _child_routes(root) is None:
+            if _children(root) is None:
                 # Quart is wrapped as `app.asgi_app`, a bound method of the application.
                 url_map = getattr(getattr(root, "__self__", root), "url_map", None)
                 if url_map is not None:
@@ -121,7 +117,7 @@ class TemplateIndex:
             self._rebuilds = self._rebuilds + 1 if self._indexed_root is root else 1
             self._indexed_root = root
             templates: dict[int, tuple[Any, str | None]] = {}
-            routes = _child_routes(root)
+            routes = _children(root)
             if routes is not None:
                 _index(routes, "", templates, 0)
             self._templates = templates
@@ -158,7 +154,7 @@ def _match_tree(root: Any, scope: Scope, root_path: str) -> str | None:
     """Match the request against the route tree, as the router did, to find its template."""
     probe = {k: v for k, v in scope.items() if k not in ("route", "fastapi", "path_params")}
     probe["root_path"] = root_path
-    routes = _child_routes(root)
+    routes = _children(root)
     return None if routes is None else _match_routes(routes, probe, "", 0)
 
 
@@ -223,7 +219,7 @@ def _match_werkzeug(url_map: Any, scope: Scope, root_path: str) -> str:
 def find_mounted(root: Any, predicate: Callable[[Any], bool]) -> dict[str, Any]:
     """Full paths of the routes and mounts whose ASGI app satisfies `predicate`."""
     found: dict[str, Any] = {}
-    routes = _child_routes(root)
+    routes = _children(root)
     if routes is not None:
         _find(routes, "", predicate, found, 0)
     return found
