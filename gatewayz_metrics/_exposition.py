@@ -23,6 +23,8 @@ from gatewayz_metrics._types import Receive, Scope, Send
 
 BEARER_TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
 """Environment variable read for the bearer token when `bearer_token=` is not given."""
+BEARER_TOKEN_FILE_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN_FILE"
+"""Environment variable naming a file that holds the token (a Docker or Kubernetes secret)."""
 
 _ALLOW = b"GET, HEAD"
 # Every answer of the endpoint depends on how the client negotiates: caches must key on it.
@@ -68,6 +70,27 @@ def check_token(argument: str, token: object) -> bytes | None:
     return stripped.encode()
 
 
+def configured_token(bearer_token: object) -> bytes | None:
+    """The token from the argument, else `GATEWAYZ_METRICS_BEARER_TOKEN`, else the file that
+    `GATEWAYZ_METRICS_BEARER_TOKEN_FILE` names; `None` when none is set."""
+    if bearer_token is not None:
+        return check_token("bearer_token", bearer_token)
+    # An unset variable and an empty one both mean "not set".
+    value = os.environ.get(BEARER_TOKEN_ENV) or None
+    path = os.environ.get(BEARER_TOKEN_FILE_ENV) or None
+    if path is None:
+        return check_token(BEARER_TOKEN_ENV, value)
+    if value is not None:
+        raise ValueError(f"set {BEARER_TOKEN_ENV} or {BEARER_TOKEN_FILE_ENV}, not both")
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"{BEARER_TOKEN_FILE_ENV}: cannot read {path!r}: {reason}") from None
+    return check_token(f"the token in {BEARER_TOKEN_FILE_ENV} ({path})", text)
+
+
 class _Flight:
     """One render and the scrapes that wait for it."""
 
@@ -101,12 +124,7 @@ class MetricsApp:
     ) -> None:
         self._multiprocess = registry is None and bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry: CollectorRegistry = resolve_registry(registry)
-        if bearer_token is not None:
-            self._token = check_token("bearer_token", bearer_token)
-        else:
-            # An unset variable and an empty one both mean "no token".
-            from_env = os.environ.get(BEARER_TOKEN_ENV) or None
-            self._token = check_token(BEARER_TOKEN_ENV, from_env)
+        self._token = configured_token(bearer_token)
         self._gzip = gzip
         # Per loop and render key: the render running now, and the one that starts when
         # it ends, shared by every scrape that arrived while the first was running.

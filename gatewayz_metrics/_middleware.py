@@ -266,6 +266,8 @@ class PrometheusMiddleware:
                     f"mounted at {', '.join(unprotected)} without that token: pass the same "
                     f"bearer_token= to that MetricsApp (or set {BEARER_TOKEN_ENV} for both)"
                 )
+        if len(self._surveys) >= _MAX_SURVEYS:
+            self._surveys.clear()  # a new application object per request: bounded, not cached
         self._surveys[id(root)] = (root, survey)
         return survey
 
@@ -315,6 +317,7 @@ def _survey_routes(root: Any) -> _Survey:
 
 
 _MAX_DEPTH = 32
+_MAX_SURVEYS = 16
 
 
 def _walk(routes: Iterable[Any], prefix: str, survey: _Survey, depth: int) -> None:

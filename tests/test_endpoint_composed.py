@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Host, Mount, Route
 
 from gatewayz_metrics import BEARER_TOKEN_ENV, MetricsApp, PrometheusMiddleware
+from gatewayz_metrics._exposition import BEARER_TOKEN_FILE_ENV
 
 TOKEN = "s3cret-scrape-token"
 PASS = {"X-Internal": "yes"}
@@ -338,6 +340,39 @@ def test_a_blank_token_is_refused_clearly(
         monkeypatch.setenv(BEARER_TOKEN_ENV, blank)
         with pytest.raises(ValueError, match=f"{BEARER_TOKEN_ENV} must not be empty or blank"):
             MetricsApp(registry)
+
+
+async def test_the_token_can_come_from_a_secret_file(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`GATEWAYZ_METRICS_BEARER_TOKEN_FILE` names a Docker/Kubernetes secret file; its
+    trailing newline is not part of the token."""
+    secret = tmp_path / "metrics-token"
+    secret.write_text(TOKEN + "\n")
+    monkeypatch.setenv(BEARER_TOKEN_FILE_ENV, str(secret))
+    app = MetricsApp(registry)
+    allowed, refused = RecordingSend(), RecordingSend()
+    authorization = (b"authorization", f"Bearer {TOKEN}".encode())
+    await app(http_scope("/", headers=[authorization]), ScriptedReceive(), allowed)
+    await app(http_scope("/"), ScriptedReceive(), refused)
+    assert (allowed.status, refused.status) == (200, 401)
+
+
+def test_a_secret_file_that_cannot_serve_is_refused_clearly(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A missing or blank secret file, or both variables set: a ValueError naming the cause."""
+    monkeypatch.setenv(BEARER_TOKEN_FILE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=f"{BEARER_TOKEN_FILE_ENV}: cannot read"):
+        MetricsApp(registry)
+    blank = tmp_path / "blank"
+    blank.write_text("\n")
+    monkeypatch.setenv(BEARER_TOKEN_FILE_ENV, str(blank))
+    with pytest.raises(ValueError, match="must not be empty or blank"):
+        MetricsApp(registry)
+    monkeypatch.setenv(BEARER_TOKEN_ENV, TOKEN)
+    with pytest.raises(ValueError, match="not both"):
+        MetricsApp(registry)
 
 
 # --- the route resolver's value --------------------------------------------------------
