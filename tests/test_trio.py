@@ -210,3 +210,24 @@ def test_a_cancelled_request_is_recorded_as_client_closed(
     run(backend, main)
     labels = {"method": "GET", "endpoint": "/slow", "status_code": "499"}
     assert registry.get_sample_value("http_requests_total", labels) == 1
+
+
+def test_a_cancelled_trio_nursery_is_recorded_as_client_closed(registry: CollectorRegistry) -> None:
+    """An app running a trio nursery re-raises the server's cancellation as a group of
+    `trio.Cancelled`: still the client gone, 499."""
+    import trio
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()
+
+    middleware = PrometheusMiddleware(app, registry=registry, route_resolver=lambda s: "/slow")
+
+    async def main() -> None:
+        with trio.move_on_after(0.05):
+            await middleware(http_scope("/slow"), ScriptedReceive(), RecordingSend())
+
+    trio.run(main)
+    labels = {"method": "GET", "endpoint": "/slow", "status_code": "499"}
+    assert registry.get_sample_value("http_requests_total", labels) == 1
