@@ -95,8 +95,8 @@ class PrometheusMiddleware:
         self._own_metrics_app = MetricsApp(registry, bearer_token=bearer_token)
         self._route_resolver = route_resolver
         self._templates = TemplateIndex()
-        # Per application object (the first request of each, and again at the end of
-        # lifespan start-up, when every route exists): where metrics are served.
+        # Per application object, surveyed at its first request (every route exists by
+        # then; with a token, at the end of lifespan start-up too): where metrics are served.
         self._surveys: dict[int, tuple[Any, _Survey]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,7 +115,8 @@ class PrometheusMiddleware:
         known = self._surveys.get(id(root))
         survey = known[1] if known is not None and known[0] is root else self._survey(root)
         if survey.error is not None:
-            raise survey.error
+            # A fresh exception each time: re-raising one object grows its traceback.
+            raise ValueError(survey.error)
         if path in survey.bare:
             # Starlette would redirect `/metrics` to `/metrics/` before the mount is
             # reached; answering here would skip what lies between (auth middleware, a
@@ -260,7 +261,7 @@ class PrometheusMiddleware:
                 path for path, app in survey.mounted.items() if app._token != token
             )
             if unprotected:
-                survey.error = ValueError(
+                survey.error = (
                     f"PrometheusMiddleware(bearer_token=...) protects only the metrics it "
                     f"serves itself, but the application serves them from a MetricsApp "
                     f"mounted at {', '.join(unprotected)} without that token: pass the same "
@@ -280,7 +281,7 @@ class PrometheusMiddleware:
                 # fail the start-up rather than serve metrics without their token.
                 survey = self._survey(scope.get("app", self.app))
                 if survey.error is not None:
-                    message = {"type": "lifespan.startup.failed", "message": str(survey.error)}
+                    message = {"type": "lifespan.startup.failed", "message": survey.error}
             await send(message)
 
         return checked
@@ -302,7 +303,8 @@ class _Survey:
         """Paths under a mounted MetricsApp: scrapes, not recorded."""
         self.own = False
         """Whether the middleware serves `metrics_path` itself."""
-        self.error: ValueError | None = None
+        self.error: str | None = None
+        """Why the configuration is refused (a token the mounted MetricsApps would drop)."""
 
 
 def _survey_routes(root: Any) -> _Survey:
