@@ -114,6 +114,11 @@ class PrometheusMiddleware:
         root = scope.get("app", self.app)
         known = self._surveys.get(id(root))
         survey = known[1] if known is not None and known[0] is root else self._survey(root)
+        if path == self.metrics_path and survey.own and _route_count(root) != survey.count:
+            # Routes were added since the survey: before serving our own endpoint, make
+            # sure no MetricsApp (with its protections) was mounted meanwhile. Only scrapes
+            # pay for this check.
+            survey = self._survey(root)
         if survey.error is not None:
             # A fresh exception each time: re-raising one object grows its traceback.
             raise ValueError(survey.error)
@@ -267,6 +272,7 @@ class PrometheusMiddleware:
                     f"mounted at {', '.join(unprotected)} without that token: pass the same "
                     f"bearer_token= to that MetricsApp (or set {BEARER_TOKEN_ENV} for both)"
                 )
+        survey.count = _route_count(root)
         if len(self._surveys) >= _MAX_SURVEYS:
             self._surveys.clear()  # a new application object per request: bounded, not cached
         self._surveys[id(root)] = (root, survey)
@@ -290,7 +296,7 @@ class PrometheusMiddleware:
 class _Survey:
     """Where an application serves metrics, as found in its route tree."""
 
-    __slots__ = ("bare", "error", "mounted", "own", "prefixes", "routed")
+    __slots__ = ("bare", "count", "error", "mounted", "own", "prefixes", "routed")
 
     def __init__(self) -> None:
         self.mounted: dict[str, MetricsApp] = {}
@@ -303,8 +309,18 @@ class _Survey:
         """Paths under a mounted MetricsApp: scrapes, not recorded."""
         self.own = False
         """Whether the middleware serves `metrics_path` itself."""
+        self.count = -1
+        """How many routes the application had at its top level when surveyed."""
         self.error: str | None = None
         """Why the configuration is refused (a token the mounted MetricsApps would drop)."""
+
+
+def _route_count(root: Any) -> int:
+    try:
+        routes = getattr(root, "routes", None)
+        return len(routes) if routes is not None else -1
+    except Exception:
+        return -1
 
 
 def _survey_routes(root: Any) -> _Survey:

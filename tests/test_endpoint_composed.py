@@ -396,3 +396,20 @@ async def test_a_route_resolver_value_is_cleaned_like_every_label(
     assert [s.status_code for s in scrapes] == [200, 200]
     labels = {'endpoint="/odd/?"' in s.text for s in scrapes}
     assert labels == {True}
+
+
+@starlettes
+async def test_a_metrics_app_mounted_after_the_first_request_takes_over(
+    framework: str, registry: CollectorRegistry
+) -> None:
+    """A protected MetricsApp mounted while serving replaces the middleware's own,
+    unprotected `/metrics` at the next scrape."""
+    app = make(framework, [])
+    app.add_middleware(PrometheusMiddleware, registry=registry)
+    async with client_for(app) as client:
+        before = await client.get("/metrics")
+        app.mount("/metrics", Auth(MetricsApp(registry)))
+        after = await client.get("/metrics")
+        allowed = await client.get("/metrics", headers=PASS)
+    assert before.status_code == 200
+    assert (after.status_code, allowed.status_code) == (403, 200)
