@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import hmac
 import os
@@ -16,6 +15,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.openmetrics.exposition import UNDERSCORES
 from prometheus_client.registry import Collector
 
+from gatewayz_metrics._aio import Waitable, is_cancellation, loop_token, new_event, run_sync, spawn
 from gatewayz_metrics._internal import logger, report_internal_error
 from gatewayz_metrics._registry import resolve_registry
 from gatewayz_metrics._render import CollectorError, TextRenderer
@@ -23,10 +23,83 @@ from gatewayz_metrics._types import Receive, Scope, Send
 
 BEARER_TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
 """Environment variable read for the bearer token when `bearer_token=` is not given."""
+BEARER_TOKEN_FILE_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN_FILE"
+"""Environment variable naming a file that holds the token (a Docker or Kubernetes secret)."""
 
 _ALLOW = b"GET, HEAD"
+# Every answer of the endpoint depends on how the client negotiates: caches must key on it.
+_VARY = (b"vary", b"Accept, Accept-Encoding")
 _RenderKey = tuple[str, tuple[str, ...], bool]
-_Slot = tuple[asyncio.AbstractEventLoop, _RenderKey]
+"""(content type, `name[]` values, gzip): the content type names the encoder."""
+_Slot = tuple[object, _RenderKey]
+Encoder = Callable[[Collector], bytes]
+_DEFAULT_FORMAT: tuple[Encoder, str] = choose_encoder("")
+
+
+def negotiate(accept: str) -> tuple[Encoder, str]:
+    """The encoder and content type for an `Accept` header; never raises.
+
+    For a valid header, prometheus_client's own choice (`choose_encoder`). A media range it
+    cannot parse (`text/plain; version=abc` makes it raise) is skipped like one it does
+    not serve, so a malformed header gets the text format instead of a 500.
+    """
+    for media_range in accept.split(","):
+        try:
+            chosen = choose_encoder(media_range)
+        except Exception:
+            continue
+        if chosen[0] is not _DEFAULT_FORMAT[0]:
+            return chosen
+    return _DEFAULT_FORMAT
+
+
+def check_token(argument: str, token: object) -> bytes | None:
+    """A configured bearer token as bytes, stripped of surrounding whitespace; `None` stays.
+
+    A token read from a secret file or an environment variable usually ends with a
+    newline that no client sends; a blank token would protect nothing.
+    """
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"{argument} must be a str or None, got {type(token).__name__}")
+    stripped = token.strip()
+    if not stripped:
+        # The value itself stays out of the message: it is meant to be a secret.
+        raise ValueError(f"{argument} must not be empty or blank")
+    return stripped.encode()
+
+
+def configured_token(bearer_token: object) -> bytes | None:
+    """The token from the argument, else `GATEWAYZ_METRICS_BEARER_TOKEN`, else the file that
+    `GATEWAYZ_METRICS_BEARER_TOKEN_FILE` names; `None` when none is set."""
+    if bearer_token is not None:
+        return check_token("bearer_token", bearer_token)
+    # An unset variable and an empty one both mean "not set".
+    value = os.environ.get(BEARER_TOKEN_ENV) or None
+    path = os.environ.get(BEARER_TOKEN_FILE_ENV) or None
+    if path is None:
+        return check_token(BEARER_TOKEN_ENV, value)
+    if value is not None:
+        raise ValueError(f"set {BEARER_TOKEN_ENV} or {BEARER_TOKEN_FILE_ENV}, not both")
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"{BEARER_TOKEN_FILE_ENV}: cannot read {path!r}: {reason}") from None
+    return check_token(f"the token in {BEARER_TOKEN_FILE_ENV} ({path})", text)
+
+
+class _Flight:
+    """One render and the scrapes that wait for it."""
+
+    __slots__ = ("body", "done", "error")
+
+    def __init__(self) -> None:
+        self.done: Waitable = new_event()
+        self.body = b""
+        self.error: Exception | None = None
 
 
 class MetricsApp:
@@ -51,17 +124,12 @@ class MetricsApp:
     ) -> None:
         self._multiprocess = registry is None and bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry: CollectorRegistry = resolve_registry(registry)
-        if bearer_token is None:
-            bearer_token = os.environ.get(BEARER_TOKEN_ENV) or None
-        if bearer_token is not None and (not isinstance(bearer_token, str) or not bearer_token):
-            raise ValueError(
-                f"bearer_token must be a non-empty string or None, got {bearer_token!r}"
-            )
-        self._token = None if bearer_token is None else bearer_token.encode()
+        self._token = configured_token(bearer_token)
         self._gzip = gzip
-        self._inflight: dict[
-            tuple[asyncio.AbstractEventLoop, _RenderKey], asyncio.Future[bytes]
-        ] = {}
+        # Per loop and render key: the render running now, and the one that starts when
+        # it ends, shared by every scrape that arrived while the first was running.
+        self._running: dict[_Slot, _Flight] = {}
+        self._next: dict[_Slot, _Flight] = {}
         self._counts_lock = threading.Lock()
         self.scrapes = 0
         """Scrapes answered with 200 since start."""
@@ -84,6 +152,7 @@ class MetricsApp:
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, b"Method Not Allowed\n", [(b"allow", _ALLOW)])
             return
+        head = method == "HEAD"
         headers = _headers(scope)
         if self._token is not None and not self._authorized(headers.get(b"authorization", b"")):
             await _respond(
@@ -91,11 +160,10 @@ class MetricsApp:
                 401,
                 b"Unauthorized\n",
                 [(b"www-authenticate", b'Bearer realm="metrics"')],
-                head=method == "HEAD",
+                head=head,
             )
             return
-        accept = headers.get(b"accept", b"").decode("latin-1")
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = negotiate(headers.get(b"accept", b"").decode("latin-1"))
         compress = self._gzip and gzip_accepted(
             headers.get(b"accept-encoding", b"").decode("latin-1")
         )
@@ -105,17 +173,17 @@ class MetricsApp:
         except Exception as exc:
             reason = f"metrics collection failed: {type(exc).__name__}"
             self._log_failure(reason, exc)
-            await _respond(send, 500, reason.encode() + b"\n", [], head=method == "HEAD")
+            await _respond(send, 500, reason.encode() + b"\n", [_VARY], head=head)
             return
-        extra = [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")] if compress else []
+        extra = [(b"content-encoding", b"gzip")] if compress else []
         with self._counts_lock:
             self.scrapes += 1
         await _respond(
             send,
             200,
             body,
-            [(b"content-type", content_type.encode()), *extra],
-            head=method == "HEAD",
+            [(b"content-type", content_type.encode("latin-1")), *extra, _VARY],
+            head=head,
         )
 
     def _authorized(self, header: bytes) -> bool:
@@ -125,27 +193,57 @@ class MetricsApp:
         ok = hmac.compare_digest(credentials.strip(), self._token)
         return ok and scheme.lower() == b"bearer"
 
-    async def _shared_render(self, key: _RenderKey, encoder: Callable[[Collector], bytes]) -> bytes:
-        loop = asyncio.get_running_loop()
-        slot = (loop, key)
-        pending = self._inflight.get(slot)
-        if pending is not None:
-            # A render that started before this scrape arrived is at most one render
-            # old; sharing it is what keeps N concurrent scrapes at the cost of one.
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bytes]
-        if self._renders_text(key, encoder):
-            future = asyncio.ensure_future(self._render_text(key))
-        else:
-            future = loop.run_in_executor(None, self._render, key, encoder)
-        self._inflight[slot] = future
-        try:
-            return await asyncio.shield(future)
-        finally:
-            if self._inflight.get(slot) is future:
-                del self._inflight[slot]
+    async def _shared_render(self, key: _RenderKey, encoder: Encoder) -> bytes:
+        """The body for `key`, from a render that began after this scrape arrived.
 
-    def _renders_text(self, key: _RenderKey, encoder: Callable[[Collector], bytes]) -> bool:
+        Scrapes that arrive while a render runs share the next one: N concurrent scrapes
+        cost at most two renders, and none is answered with data older than its arrival.
+        """
+        slot = (loop_token(), key)
+        if slot not in self._running:
+            flight = self._running[slot] = _Flight()
+            spawn(partial(self._fly, slot, flight, encoder))
+        else:
+            queued = self._next.get(slot)
+            flight = self._next[slot] = queued if queued is not None else _Flight()
+        # A scrape cancelled here (its client went away) leaves the render to the others.
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.body
+
+    async def _fly(self, slot: _Slot, flight: _Flight, encoder: Encoder) -> None:
+        """Render for `flight`, then for the scrapes that queued meanwhile, until none wait."""
+        key = slot[1]
+        current: _Flight | None = flight
+        while current is not None:
+            try:
+                if self._renders_text(key, encoder):
+                    current.body = await self._render_text(key)
+                else:
+                    current.body = await run_sync(self._render, key, encoder)
+            except BaseException as exc:
+                if not isinstance(exc, Exception) or is_cancellation(exc):
+                    # The loop is shutting down: release every waiter, then stop.
+                    pending: _Flight | None = current
+                    while pending is not None:
+                        pending.error = RuntimeError("the render was cancelled")
+                        pending = self._hand_over(slot, pending)
+                    raise
+                current.error = exc
+            current = self._hand_over(slot, current)
+
+    def _hand_over(self, slot: _Slot, finished: _Flight) -> _Flight | None:
+        # No await between reading and writing the two tables: on one loop this is atomic.
+        following = self._next.pop(slot, None)
+        if following is None:
+            del self._running[slot]
+        else:
+            self._running[slot] = following
+        finished.done.set()
+        return following
+
+    def _renders_text(self, key: _RenderKey, encoder: Encoder) -> bool:
         """Whether `TextRenderer` gives the body `encoder` would: the text format, whole."""
         if key[1] or self._multiprocess:
             return False
@@ -172,8 +270,7 @@ class MetricsApp:
             # The fast path reads prometheus_client internals. Should a release change
             # them, prometheus_client's own encoder still gives the right answer: retry
             # with it.
-            loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(None, self._render, key, generate_latest)
+            body = await run_sync(self._render, key, generate_latest)
             report_internal_error(self.registry, "render.fast", exc)
             return body
         with self._counts_lock:
@@ -181,10 +278,9 @@ class MetricsApp:
         if not key[2]:
             return body
         # zlib releases the GIL while it compresses.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, partial(gzip.compress, body, compresslevel=6))
+        return await run_sync(partial(gzip.compress, body, compresslevel=6))
 
-    def _render(self, key: _RenderKey, encoder: Callable[[Collector], bytes]) -> bytes:
+    def _render(self, key: _RenderKey, encoder: Encoder) -> bytes:
         _, names, compress = key
         with self._counts_lock:
             self.renders += 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterable
 from time import perf_counter
@@ -10,7 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from gatewayz_metrics._exposition import MetricsApp
+from gatewayz_metrics._aio import is_cancellation
+from gatewayz_metrics._exposition import BEARER_TOKEN_ENV, MetricsApp, check_token
 from gatewayz_metrics._http import (
     OTHER_METHOD,
     STANDARD_METHODS,
@@ -19,8 +19,9 @@ from gatewayz_metrics._http import (
     request_measured,
 )
 from gatewayz_metrics._internal import report_internal_error
+from gatewayz_metrics._labels import clean_label
 from gatewayz_metrics._registry import resolve_registry
-from gatewayz_metrics._routes import RouteResolver, TemplateIndex, find_mounted
+from gatewayz_metrics._routes import RouteResolver, TemplateIndex, _children, _expand, _mount_prefix
 from gatewayz_metrics._types import ASGIApp, Message, Receive, Scope, Send
 
 CLIENT_CLOSED_REQUEST = "499"
@@ -36,9 +37,12 @@ class PrometheusMiddleware:
     Quart: `app.asgi_app = PrometheusMiddleware(app.asgi_app)`.
     Any ASGI app: `app = PrometheusMiddleware(app)`.
 
-    Unless a `MetricsApp` is mounted in the application, the middleware answers
-    `metrics_path` itself (set it to `None` to serve no metrics); a mounted `MetricsApp`
-    is answered at its bare mount path too, so `/metrics` never redirects to `/metrics/`.
+    Unless a `MetricsApp` is mounted in the application (or the application routes
+    `metrics_path` itself), the middleware answers `metrics_path` itself (set it to `None`
+    to serve no metrics). A request for the bare path of a mounted `MetricsApp`
+    (`/metrics`) goes down the application as the slash path the mount expects
+    (`/metrics/`): no 307 redirect, and every middleware, mount and host rule on the way
+    still decides, exactly as for `/metrics/`.
     """
 
     def __init__(
@@ -83,31 +87,54 @@ class PrometheusMiddleware:
                     "exclude_paths takes exact paths (str) and compiled patterns "
                     f"(re.compile(...)), got {entry!r}"
                 )
+        # Checked here as well as in MetricsApp: the value is compared with the tokens of
+        # mounted MetricsApps below.
+        self._bearer_token = check_token("bearer_token", bearer_token)
         # The registry passed on is the caller's; None keeps MetricsApp's multiprocess
         # awareness for the default registry.
         self._own_metrics_app = MetricsApp(registry, bearer_token=bearer_token)
         self._route_resolver = route_resolver
         self._templates = TemplateIndex()
-        self._served: dict[str, ASGIApp] | None = None
-        self._served_prefixes: tuple[str, ...] = ()
+        # Per application object, surveyed at its first request (every route exists by
+        # then; with a token, at the end of lifespan start-up too): where metrics are served.
+        self._surveys: dict[int, tuple[Any, _Survey]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # `.get` and the type checks below: a malformed scope is the application's to
         # refuse (or not); the middleware never raises where the bare application would not.
-        if scope.get("type") != "http":
+        kind = scope.get("type")
+        if kind != "http":
+            if kind == "lifespan" and self._bearer_token is not None:
+                # Only a token can be dropped: without one the scope passes untouched.
+                await self.app(scope, receive, self._checking_startup(scope, send))
+                return
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
-        served = self._served
-        if served is None:
-            served = self._discover_metrics(scope)
-        metrics_app = served.get(path)
-        if metrics_app is not None:
-            await metrics_app(scope, receive, send)
+        root = scope.get("app", self.app)
+        known = self._surveys.get(id(root))
+        survey = known[1] if known is not None and known[0] is root else self._survey(root)
+        if path == self.metrics_path and survey.own and _route_count(root) != survey.count:
+            # Routes were added since the survey: before serving our own endpoint, make
+            # sure no MetricsApp (with its protections) was mounted meanwhile. Only scrapes
+            # pay for this check.
+            survey = self._survey(root)
+        if survey.error is not None:
+            # A fresh exception each time: re-raising one object grows its traceback.
+            raise ValueError(survey.error)
+        if path in survey.bare:
+            # Starlette would redirect `/metrics` to `/metrics/` before the mount is
+            # reached; answering here would skip what lies between (auth middleware, a
+            # mount's middleware, a Host rule). The request goes down the application as
+            # the path the mount expects, and everything on the way decides.
+            await self.app(_with_slash(scope), receive, send)
+            return
+        if path == self.metrics_path and survey.own:
+            await self._own_metrics_app(scope, receive, send)
             return
         if (
             path in self._exact_excluded
-            or path.startswith(self._served_prefixes)
+            or path.startswith(survey.prefixes)
             or (self._patterns and any(p.fullmatch(path) for p in self._patterns))
         ):
             await self.app(scope, receive, send)
@@ -122,7 +149,6 @@ class PrometheusMiddleware:
 
         verb = scope.get("method")
         method = STANDARD_METHODS.get(verb, OTHER_METHOD) if isinstance(verb, str) else OTHER_METHOD
-        root = scope.get("app", self.app)
         root_path = scope.get("root_path", "")
         metrics = self._metrics
         in_progress = metrics.in_progress_gauge(method)
@@ -178,9 +204,11 @@ class PrometheusMiddleware:
         token = request_measured.set((*measuring, self.registry))
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
-        except asyncio.CancelledError:
-            # Servers cancel the request task when its client goes away.
-            client_gone = client_gone or not response_end
+        except BaseException as exc:
+            if is_cancellation(exc):
+                # Servers cancel the request task when its client goes away (asyncio's
+                # CancelledError, trio's Cancelled).
+                client_gone = client_gone or not response_end
             raise
         finally:
             request_measured.reset(token)
@@ -217,26 +245,140 @@ class PrometheusMiddleware:
             return UNMATCHED_ENDPOINT
         if not isinstance(template, str):
             raise TypeError(f"route_resolver returned {template!r}, expected str or None")
-        return template
+        # Like every label value: a lone surrogate would make every later scrape fail.
+        return clean_label("route_resolver result", template)
 
-    def _discover_metrics(self, scope: Scope) -> dict[str, ASGIApp]:
-        """Find where metrics are served: mounted `MetricsApp`s, else our own path."""
-        served: dict[str, ASGIApp] = {}
+    def _survey(self, root: Any) -> _Survey:
+        """Find where metrics are served in `root`, and refuse a token that would be dropped."""
         try:
-            root = scope.get("app", self.app)
-            mounted = find_mounted(root, lambda app: isinstance(app, MetricsApp))
+            survey = _survey_routes(root)
         except Exception as exc:
             report_internal_error(self.registry, "middleware.discover", exc)
-            mounted = {}
-        if mounted:
-            # Starlette answers a bare mount path with a redirect before the mounted
-            # app is called; answering it here is what makes `/metrics` a 200.
-            served.update(mounted)
-            self._served_prefixes = tuple(path.rstrip("/") + "/" for path in mounted)
-        elif self.metrics_path is not None:
-            served[self.metrics_path] = self._own_metrics_app
-        self._served = served
-        return served
+            survey = _Survey()
+        survey.own = (
+            self.metrics_path is not None
+            and not survey.mounted
+            and self.metrics_path not in survey.routed
+        )
+        token = self._bearer_token
+        if token is not None:
+            unprotected = sorted(
+                path for path, app in survey.mounted.items() if app._token != token
+            )
+            if unprotected:
+                survey.error = (
+                    f"PrometheusMiddleware(bearer_token=...) protects only the metrics it "
+                    f"serves itself, but the application serves them from a MetricsApp "
+                    f"mounted at {', '.join(unprotected)} without that token: pass the same "
+                    f"bearer_token= to that MetricsApp (or set {BEARER_TOKEN_ENV} for both)"
+                )
+        survey.count = _route_count(root)
+        if len(self._surveys) >= _MAX_SURVEYS:
+            self._surveys.clear()  # a new application object per request: bounded, not cached
+        self._surveys[id(root)] = (root, survey)
+        return survey
+
+    def _checking_startup(self, scope: Scope, send: Send) -> Send:
+        """`send` that checks the metrics configuration once the application has started."""
+
+        async def checked(message: Message) -> None:
+            if message.get("type") == "lifespan.startup.complete":
+                # Every route exists now (startup handlers may add some): look again, and
+                # fail the start-up rather than serve metrics without their token.
+                survey = self._survey(scope.get("app", self.app))
+                if survey.error is not None:
+                    message = {"type": "lifespan.startup.failed", "message": survey.error}
+            await send(message)
+
+        return checked
+
+
+class _Survey:
+    """Where an application serves metrics, as found in its route tree."""
+
+    __slots__ = ("bare", "count", "error", "mounted", "own", "prefixes", "routed")
+
+    def __init__(self) -> None:
+        self.mounted: dict[str, MetricsApp] = {}
+        """Full mount path -> the MetricsApp mounted there (possibly inside a wrapper)."""
+        self.routed: set[str] = set()
+        """Full paths the application routes to something other than a MetricsApp."""
+        self.bare: frozenset[str] = frozenset()
+        """Bare mount paths handed down as their slash path."""
+        self.prefixes: tuple[str, ...] = ()
+        """Paths under a mounted MetricsApp: scrapes, not recorded."""
+        self.own = False
+        """Whether the middleware serves `metrics_path` itself."""
+        self.count = -1
+        """How many routes the application had at its top level when surveyed."""
+        self.error: str | None = None
+        """Why the configuration is refused (a token the mounted MetricsApps would drop)."""
+
+
+def _route_count(root: Any) -> int:
+    try:
+        routes = getattr(root, "routes", None)
+        return len(routes) if routes is not None else -1
+    except Exception:
+        return -1
+
+
+def _survey_routes(root: Any) -> _Survey:
+    survey = _Survey()
+    routes = _children(root)
+    if routes is not None:
+        _walk(routes, "", survey, 0)
+    # A bare path the application routes itself (a Host-specific route, say) is left to it.
+    survey.bare = frozenset(path for path in survey.mounted if path and path not in survey.routed)
+    survey.prefixes = tuple(path.rstrip("/") + "/" for path in survey.mounted)
+    return survey
+
+
+_MAX_DEPTH = 32
+_MAX_SURVEYS = 16
+
+
+def _walk(routes: Iterable[Any], prefix: str, survey: _Survey, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        return
+    for matched, _ in _expand(routes):
+        mount = _mount_prefix(matched)
+        if mount is None:
+            path_format = getattr(matched, "path_format", None)
+            if isinstance(path_format, str):
+                survey.routed.add(prefix + path_format)
+        else:
+            metrics_app = _metrics_app_in(getattr(matched, "app", None))
+            if metrics_app is not None:
+                if prefix + mount:  # a MetricsApp at the root serves every path: no bare path
+                    survey.mounted[prefix + mount] = metrics_app
+                continue
+            survey.routed.add(prefix + mount)
+        children = _children(matched)
+        if children is not None:
+            # A Mount nests under its prefix; a Host (no path format) nests as it is.
+            _walk(children, prefix + (mount or ""), survey, depth + 1)
+
+
+def _metrics_app_in(app: Any) -> MetricsApp | None:
+    """The MetricsApp that `app` is, or wraps (`AuthMiddleware(MetricsApp())`), if any."""
+    for _ in range(_MAX_DEPTH):
+        if isinstance(app, MetricsApp):
+            return app
+        if app is None or _children(app) is not None:
+            return None  # routes of their own: walked as routes
+        app = getattr(app, "app", None)
+    return None
+
+
+def _with_slash(scope: Scope) -> Scope:
+    """`scope` for the same request with `/` appended to its path, as a redirect would."""
+    slashed = dict(scope)
+    slashed["path"] = scope["path"] + "/"
+    raw_path = scope.get("raw_path")
+    if isinstance(raw_path, bytes):
+        slashed["raw_path"] = raw_path + b"/"
+    return slashed
 
 
 def _route_path(scope: Scope) -> str:

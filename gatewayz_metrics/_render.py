@@ -13,7 +13,6 @@ own encoder. The output is byte-identical to `generate_latest(registry)`.
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
@@ -35,6 +34,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
 from prometheus_client.registry import Collector
+
+from gatewayz_metrics._aio import checkpoint, run_sync
 
 _SLICE_SECONDS = 0.001
 """Work done on the event loop between two yields to other tasks."""
@@ -232,7 +233,7 @@ class _Clock:
         return perf_counter() >= self.deadline
 
     async def pause(self) -> None:
-        await asyncio.sleep(0)
+        await checkpoint()
         self.restart()
 
     def restart(self) -> None:
@@ -257,9 +258,8 @@ class TextRenderer:
         A collector handed to prometheus_client's encoder that raises comes out as a
         `CollectorError` with the collector's exception as its cause.
         """
-        loop = asyncio.get_running_loop()
         if not _plain_registry(registry):
-            return await loop.run_in_executor(None, _encode, registry)
+            return await run_sync(_encode, registry)
         with registry._lock:
             collectors = list(registry._collector_to_names)
             target_info: Metric | None = (
@@ -276,7 +276,7 @@ class TextRenderer:
             plan = self._plan(collector)
             if plan is not None:
                 if pending:
-                    chunks.append(await loop.run_in_executor(None, _render_fallback, pending))
+                    chunks.append(await run_sync(_render_fallback, pending))
                     pending = []
                     clock.restart()
                 try:
@@ -286,7 +286,7 @@ class TextRenderer:
                     pass
             pending.append(collector)
         if pending:
-            chunks.append(await loop.run_in_executor(None, _render_fallback, pending))
+            chunks.append(await run_sync(_render_fallback, pending))
         return b"".join(chunks)
 
     def _plan(self, collector: Collector) -> _Plan | None:

@@ -181,7 +181,7 @@ async def test_gzip_when_accepted(registry: CollectorRegistry) -> None:
     )
     await app(http_scope("/metrics"), ScriptedReceive(), plain)
     assert zipped.headers[b"content-encoding"] == b"gzip"
-    assert zipped.headers[b"vary"] == b"Accept-Encoding"
+    assert zipped.headers[b"vary"] == plain.headers[b"vary"] == b"Accept, Accept-Encoding"
     assert int(zipped.headers[b"content-length"]) == len(zipped.body)
     assert gzip.decompress(zipped.body) == plain.body
     assert b"demo_events_total 3.0" in plain.body

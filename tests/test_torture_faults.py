@@ -279,7 +279,13 @@ def expected_status(exc: BaseException, phase: str) -> str:
     """What the middleware records: the status sent, 500 if none, 499 if cancelled first."""
     if phase == "after-end":
         return "200"
-    if isinstance(exc, asyncio.CancelledError):
+    if isinstance(exc, asyncio.CancelledError) or (
+        # A nursery or task group re-raises the cancellation of its tasks as a group (trio
+        # always does): a group of cancellations only is the request being cancelled.
+        isinstance(exc, BaseException)
+        and type(exc).__name__ == "BaseExceptionGroup"
+        and all(isinstance(inner, asyncio.CancelledError) for inner in exc.exceptions)  # type: ignore[attr-defined]
+    ):
         return "499"  # servers cancel the request task when the client goes away
     return "500" if phase == "before-start" else "200"
 
