@@ -394,10 +394,33 @@ MUTATIONS = [
     ),
     pytest.param(
         RECORDING_RULES_FILE,
-        'rate(model_inference_requests_total{status=~"error|timeout"}[5m])',
-        'rate(model_inference_requests_total{status!="success"}[5m])',
+        'rate(model_inference_requests_total{status=~"error|timeout"}[5m]))\n            or\n'
+        "            0 * sum by (job, environment, provider) (rate(",
+        'rate(model_inference_requests_total{status!="success"}[5m]))\n            or\n'
+        "            0 * sum by (job, environment, provider) (rate(",
         "recording_rules_test.yml",
         id="provider-errors-count-cancellations",
+    ),
+    pytest.param(
+        ALERT_RULES_FILE,
+        'provider:gatewayz_slo_inference_errors:ratio_rate5m{job="gatewayz-api"}',
+        'provider:gatewayz_slo_inference_errors:ratio_rate1h{job="gatewayz-api"}',
+        "slo_rules_test.yml",
+        id="burn-rate-without-short-window",
+    ),
+    pytest.param(
+        RECORDING_RULES_FILE,
+        "expr: 0.995 + 0 *",
+        "expr: 0.95 + 0 *",
+        "slo_rules_test.yml",
+        id="slo-objective",
+    ),
+    pytest.param(
+        RECORDING_RULES_FILE,
+        'rate(model_time_to_first_token_seconds_bucket{le="2.5"}[1h]))',
+        'rate(model_time_to_first_token_seconds_bucket{le="5.0"}[1h]))',
+        "slo_rules_test.yml",
+        id="ttft-threshold",
     ),
     pytest.param(
         RECORDING_RULES_FILE,

@@ -145,6 +145,27 @@ def _http_share(status_code: str) -> str:
     )
 
 
+def _budget_fraction(slo: str) -> str:
+    """1 - objective of an SLO: its error budget as a ratio."""
+    return f'(1 - job:gatewayz_slo_objective:ratio{{{ENV}, slo="{slo}"}})'
+
+
+def _budget_left(sli: str, selector: str, slo: str) -> str:
+    """Share of the 30-day error budget left: 1 - average error ratio / budget."""
+    return (
+        f"1 - avg_over_time({sli}:ratio_rate5m{{{selector}}}[30d])"
+        f" / on (job, environment) group_left () {_budget_fraction(slo)}"
+    )
+
+
+def _burn_rate(sli: str, selector: str, slo: str) -> str:
+    """Error ratio over the last hour divided by the error budget."""
+    return (
+        f"{sli}:ratio_rate1h{{{selector}}}"
+        f" / on (job, environment) group_left () {_budget_fraction(slo)}"
+    )
+
+
 TIMESERIES: JSON = {
     "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
     "tooltip": {"mode": "multi", "sort": "desc"},
@@ -407,6 +428,63 @@ PANELS: tuple[Panel, ...] = (
         ),
         options={"showHeader": True, "sortBy": [{"displayName": "Value", "desc": True}]},
         transformations=HIDE_TIME,
+    ),
+    Panel(
+        title="Error budget remaining (30d)",
+        kind="bargauge",
+        description=(
+            "Share of each SLO's 30-day error budget still unspent: 100 % is untouched, 0 % is "
+            "spent, below 0 the objective is missed. Objectives are the series "
+            "job:gatewayz_slo_objective:ratio (recording_rules.yml); see docs/runbooks.md."
+        ),
+        queries=(
+            Query(_budget_left("job:gatewayz_slo_http_errors", ENV, "api-availability"), "API"),
+            Query(
+                _budget_left(
+                    "provider:gatewayz_slo_inference_errors", PROVIDER, "provider-availability"
+                ),
+                "{{provider}} availability",
+            ),
+            Query(
+                _budget_left("provider:gatewayz_slo_ttft_slow", PROVIDER, "provider-ttft"),
+                "{{provider}} TTFT",
+            ),
+        ),
+        unit="percentunit",
+        max=1,
+        thresholds=(("red", None), ("orange", 0), ("green", 0.25)),
+        options={
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "showUnfilled": True,
+        },
+    ),
+    Panel(
+        title="Burn rate (1h)",
+        kind="timeseries",
+        description=(
+            "How fast each SLO spends its error budget over the last hour: 1 spends it in exactly "
+            "30 days. The burn-rate alerts page at 14.4 (with the 5-minute window) and at 6 over "
+            "six hours (with 30 minutes)."
+        ),
+        queries=(
+            Query(_burn_rate("job:gatewayz_slo_http_errors", ENV, "api-availability"), "API"),
+            Query(
+                _burn_rate(
+                    "provider:gatewayz_slo_inference_errors", PROVIDER, "provider-availability"
+                ),
+                "{{provider}} availability",
+            ),
+            Query(
+                _burn_rate("provider:gatewayz_slo_ttft_slow", PROVIDER, "provider-ttft"),
+                "{{provider}} TTFT",
+            ),
+        ),
+        min=0,
+        thresholds=(("green", None), ("orange", 6), ("red", 14.4)),
+        options=TIMESERIES,
+        custom={**LINES, "thresholdsStyle": {"mode": "dashed"}},
     ),
 )
 
