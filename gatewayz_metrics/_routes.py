@@ -13,6 +13,7 @@ Quart (werkzeug rules) is matched against its URL map.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -29,20 +30,37 @@ _FULL = 2  # starlette.routing.Match.FULL, without importing Starlette
 _PARTIAL = 1
 _WERKZEUG_PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
-_iter_route_contexts: Callable[[list[Any]], Iterator[Any]] | None
-try:  # FastAPI >= 0.137 includes routers lazily; this is its public way to see through them.
-    from fastapi.routing import iter_route_contexts as _iter_route_contexts
-except ImportError:  # pragma: no cover - depends on the installed FastAPI
-    _iter_route_contexts = None
+_UNRESOLVED: Any = object()
+_iter_route_contexts_cache: Any = _UNRESOLVED
+
+
+def _iter_route_contexts() -> Callable[[list[Any]], Iterator[Any]] | None:
+    """FastAPI's `iter_route_contexts`, imported on first need.
+
+    Importing the package must not import a web framework (FastAPI brings pydantic: a few
+    hundred milliseconds, paid by Quart apps and gunicorn arbiters too). Routes that need
+    it can only exist once FastAPI is imported, so it is only looked up then.
+    """
+    global _iter_route_contexts_cache
+    found = _iter_route_contexts_cache
+    if found is _UNRESOLVED:
+        found = None
+        if "fastapi" in sys.modules:
+            try:  # FastAPI >= 0.137 includes routers lazily; its public way to see through.
+                from fastapi.routing import iter_route_contexts as found
+            except ImportError:  # pragma: no cover - depends on the installed FastAPI
+                found = None
+        _iter_route_contexts_cache = found
+    return found  # type: ignore[no-any-return]
 
 
 def _expand(routes: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
     """Yield (route as matched, route object left in `scope["route"]`) for a route list."""
     routes = list(routes)
-    if _iter_route_contexts is not None and any(
-        hasattr(route, "effective_route_contexts") for route in routes
-    ):
-        for context in _iter_route_contexts(routes):
+    lazy = [route for route in routes if hasattr(route, "effective_route_contexts")]
+    iter_route_contexts = _iter_route_contexts() if lazy else None
+    if iter_route_contexts is not None:
+        for context in iter_route_contexts(routes):
             yield context, context.original_route
     else:
         for route in routes:
