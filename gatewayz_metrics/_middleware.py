@@ -88,6 +88,7 @@ class PrometheusMiddleware:
         self._own_metrics_app = MetricsApp(registry, bearer_token=bearer_token)
         self._route_resolver = route_resolver
         self._templates = TemplateIndex()
+        self._prepared = False
         self._served: dict[str, ASGIApp] | None = None
         self._served_prefixes: tuple[str, ...] = ()
 
@@ -122,8 +123,13 @@ class PrometheusMiddleware:
 
         verb = scope.get("method")
         method = STANDARD_METHODS.get(verb, OTHER_METHOD) if isinstance(verb, str) else OTHER_METHOD
-        root = scope.get("app", self.app)
+        # Routing below the middleware is what names the route: the app wrapped (not
+        # `scope["app"]`, the outermost application when this one is mounted), the
+        # prefix as seen from here, and what a router above had already recorded.
         root_path = scope.get("root_path", "")
+        before = (scope.get("route"), scope.get("endpoint"))
+        if not self._prepared:
+            self._prepare()
         metrics = self._metrics
         in_progress = metrics.in_progress_gauge(method)
         start = perf_counter()
@@ -194,7 +200,7 @@ class PrometheusMiddleware:
                 else:
                     status_code = _STATUS_LABELS.get(status) or _status_label(status)
                 requests, children = metrics.series(
-                    method, self._endpoint(scope, root, root_path), status_code
+                    method, self._endpoint(scope, root_path, path, before), status_code
                 )
                 requests.inc()
                 children.duration.observe(end - start)
@@ -208,16 +214,29 @@ class PrometheusMiddleware:
             except Exception as exc:
                 report_internal_error(metrics.registry, "middleware.record", exc)
 
-    def _endpoint(self, scope: Scope, root: Any, root_path: str) -> str:
+    def _endpoint(
+        self, scope: Scope, root_path: Any, route_path: str, before: tuple[Any, Any]
+    ) -> str:
         resolver = self._route_resolver
         if resolver is None:
-            return self._templates.resolve(scope, root, root_path)
+            if not isinstance(root_path, str):
+                root_path = ""
+            return self._templates.resolve(scope, self.app, root_path, route_path, before)
         template = resolver(scope)
         if template is None:
             return UNMATCHED_ENDPOINT
         if not isinstance(template, str):
             raise TypeError(f"route_resolver returned {template!r}, expected str or None")
         return template
+
+    def _prepare(self) -> None:
+        """Index the routes below before the first request (Quart apps then record rules)."""
+        self._prepared = True
+        if self._route_resolver is None:
+            try:
+                self._templates.prepare(self.app)
+            except Exception as exc:
+                report_internal_error(self.registry, "middleware.routes", exc)
 
     def _discover_metrics(self, scope: Scope) -> dict[str, ASGIApp]:
         """Find where metrics are served: mounted `MetricsApp`s, else our own path."""
