@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterable
 from time import perf_counter
@@ -139,6 +140,7 @@ class PrometheusMiddleware:
         received = 0
         sent = 0
         client_gone = False
+        trailers = False
         # A server sends no body in answer to HEAD, whatever the application hands it.
         count_body = scope.get("method") != "HEAD"
 
@@ -156,19 +158,32 @@ class PrometheusMiddleware:
             return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_start, response_end, sent, client_gone
+            nonlocal status, response_start, response_end, sent, client_gone, trailers
             last = False
             try:
                 kind = message["type"]
                 if kind == "http.response.start":
                     status = message["status"]
                     response_start = perf_counter()
+                    trailers = bool(message.get("trailers", False))
                 elif kind == "http.response.body":
                     if count_body:
                         sent += len(message.get("body", b""))
-                    last = not message.get("more_body", False)
+                    # With HTTP trailers announced, the trailers end the response.
+                    last = not message.get("more_body", False) and not trailers
+                elif kind == "http.response.trailers":
+                    last = not message.get("more_trailers", False)
                 elif kind == "http.response.pathsend":
-                    last = True
+                    # ASGI Path Send: the server sends the whole file; it ends the response.
+                    if count_body:
+                        sent += _file_size(message.get("path"))
+                    last = not trailers
+                elif kind == "http.response.zerocopysend":
+                    # ASGI Zero Copy Send: `count` bytes of `file` (to its end when absent),
+                    # and like a body message it is the last unless `more_body` says more.
+                    if count_body:
+                        sent += _zerocopy_bytes(message)
+                    last = not message.get("more_body", False) and not trailers
             except Exception as exc:
                 report_internal_error(metrics.registry, "middleware.send", exc)
             try:
@@ -273,6 +288,37 @@ def _route_path(scope: Scope) -> str:
         if not rest or rest[0] == "/":
             return rest or "/"
     return path
+
+
+def _file_size(path: Any) -> int:
+    """Size of the file a `http.response.pathsend` names, 0 when it cannot be read."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return 0
+    try:
+        return os.stat(path).st_size
+    except (OSError, ValueError):
+        return 0
+
+
+def _zerocopy_bytes(message: Message) -> int:
+    """Bytes a `http.response.zerocopysend` sends: `count`, at most to the file's end."""
+    count = message.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        count = None
+    remaining: int | None
+    try:
+        file: Any = message.get("file")
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            # Without `offset`, the server reads from the file's current position.
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        remaining = max(0, os.fstat(fd).st_size - offset)
+    except (OSError, ValueError, AttributeError, TypeError):
+        remaining = None
+    if count is None:
+        return remaining or 0
+    return count if remaining is None else min(count, remaining)
 
 
 def _status_label(status: Any) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _asgi import client_for
 from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 from quart import Quart
@@ -22,7 +23,6 @@ from starlette.routing import Host, Mount, Route, Router
 from werkzeug.routing import BaseConverter
 
 from gatewayz_metrics import UNMATCHED_ENDPOINT, PrometheusMiddleware
-from tests._asgi import client_for
 
 Counts = dict[tuple[str, str, str], float]
 """(method, endpoint, status_code) -> `http_requests_total`."""
