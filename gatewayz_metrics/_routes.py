@@ -173,6 +173,8 @@ class TemplateIndex:
         # reused by another object. Route objects and endpoints have separate maps.
         self._routes: dict[int, tuple[Any, list[_Candidate]]] = {}
         self._endpoints: dict[int, tuple[Any, list[_Candidate]]] = {}
+        # Every place a request can end, in the routers' order.
+        self._ordered: list[_Candidate] = []
         self._indexed_root: Any = None
         self._rebuilds = 0
         self._seen_root: Any = None
@@ -205,8 +207,10 @@ class TemplateIndex:
         if endpoint is before[1]:
             endpoint = None
         if route is None and endpoint is None:
-            # The router below the middleware recorded nothing: it matched nothing.
-            return UNMATCHED_ENDPOINT
+            # The router below recorded nothing: it matched nothing (a 404), or it was
+            # never reached (an auth middleware's 401, a CORS preflight, a middleware that
+            # copied the scope). Only templates can tell, never user code.
+            return self._match_templates(scope, root, root_path, route_path)
         result: str | None = None
         for obj, is_endpoint in ((route, False), (endpoint, True)):
             if obj is None:
@@ -238,6 +242,29 @@ class TemplateIndex:
             return UNMATCHED_ENDPOINT
         return own
 
+    def _match_templates(self, scope: Scope, root: Any, root_path: str, route_path: str) -> str:
+        """The first template whose compiled patterns match the request, as a router would.
+
+        Regular expressions and the routes' `methods` only: no convertor, no `matches()`.
+        """
+        if self._indexed_root is not root:
+            self._rebuild(root)
+        method = scope.get("method")
+        partial: str | None = None
+        for place in self._ordered:
+            rest = _follow(place.chain, scope, route_path)
+            if rest is None:
+                continue
+            if place.quart is not None:
+                inner_root = root_path + route_path[: len(route_path) - len(rest)]
+                inner = _quart_template(place.quart, scope, inner_root, rest)
+                return inner if inner == UNMATCHED_ENDPOINT else place.template + inner
+            methods = getattr(place.chain[-1], "methods", None)
+            if not methods or method in methods:
+                return place.template
+            partial = partial or place.template
+        return partial or UNMATCHED_ENDPOINT
+
     def prepare(self, root: Any) -> None:
         """Index `root` before its first request, so Quart apps in it record their rules."""
         if self._indexed_root is not root:
@@ -260,14 +287,15 @@ class TemplateIndex:
             self._indexed_root = root
             routes: dict[int, tuple[Any, list[_Candidate]]] = {}
             endpoints: dict[int, tuple[Any, list[_Candidate]]] = {}
+            ordered: list[_Candidate] = []
             top_app = unwrap(root)
             quart = _quart_of(top_app)
             if quart is not None:
                 watch_quart(quart)
             top = _route_list(top_app)
             if top is not None:
-                _index(top, "", (), routes, endpoints, 0)
-            self._routes, self._endpoints = routes, endpoints
+                _index(top, "", (), routes, endpoints, ordered, 0)
+            self._routes, self._endpoints, self._ordered = routes, endpoints, ordered
 
 
 def _add(out: dict[int, tuple[Any, list[_Candidate]]], obj: Any, place: _Candidate) -> None:
@@ -286,6 +314,7 @@ def _index(
     chain: tuple[Any, ...],
     out: dict[int, tuple[Any, list[_Candidate]]],
     endpoints: dict[int, tuple[Any, list[_Candidate]]],
+    ordered: list[_Candidate],
     depth: int,
 ) -> None:
     if depth > _MAX_DEPTH:
@@ -301,7 +330,7 @@ def _index(
             # with its own route; the mount is left there only when nothing inside it
             # matched: a 404, not the mount's `/{path}` template.
             place = _Candidate(UNMATCHED_ENDPOINT, here, nests=True)
-            _index(children, prefix + (mount or ""), here, out, endpoints, depth + 1)
+            _index(children, prefix + (mount or ""), here, out, endpoints, ordered, depth + 1)
         elif mount is not None or host:
             quart = _quart_of(unwrap(nested_app))
             if quart is not None:
@@ -315,6 +344,8 @@ def _index(
                 continue
             place = _Candidate(prefix + path_format, here)
             nested_app = getattr(matched, "endpoint", None)
+        if not place.nests:
+            ordered.append(place)
         for obj in {id(matched): matched, id(original): original}.values():
             _add(out, obj, place)
         # Starlette's Mount and Host record their application as `scope["endpoint"]`

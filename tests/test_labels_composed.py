@@ -379,3 +379,41 @@ async def test_quart_converters_run_once_per_request(registry: CollectorRegistry
         assert (await client.get("/items/def")).status_code == 200
     assert CountingConverter.calls == 2
     assert recorded(registry) == {("GET", "/items/{name}", "200"): 2}
+
+
+class RequireToken:
+    """A pure ASGI auth middleware answering 401 before routing when `x-token` is missing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (b"x-token", b"t") not in scope["headers"]:
+            await PlainTextResponse("no token", status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def test_a_request_refused_before_routing_keeps_its_template(
+    registry: CollectorRegistry,
+) -> None:
+    """An auth middleware's 401 is labelled by the template the path would reach, found
+    without running a convertor; a path no route has stays `__unmatched__`."""
+    route = Route("/items/{name:gm_counted}", item)
+    app = Starlette(routes=[Mount("/a", app=GZipMiddleware(Router(routes=[route])))])
+    app.add_middleware(RequireToken)
+    app.add_middleware(PrometheusMiddleware, registry=registry)
+    CountingConvertor.calls = 0
+    async with client_for(app) as client:
+        assert (await client.get("/a/items/abc")).status_code == 401
+        assert (await client.post("/a/items/abc")).status_code == 401
+        assert (await client.get("/a/nothing-here")).status_code == 401
+        ok = await client.get("/a/items/abc", headers={"x-token": "t"})
+        assert ok.status_code == 200
+    assert CountingConvertor.calls == 1
+    assert recorded(registry) == {
+        ("GET", "/a/items/{name}", "401"): 1,
+        ("POST", "/a/items/{name}", "401"): 1,
+        ("GET", UNMATCHED_ENDPOINT, "401"): 1,
+        ("GET", "/a/items/{name}", "200"): 1,
+    }
