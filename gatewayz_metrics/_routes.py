@@ -173,6 +173,8 @@ class TemplateIndex:
         # reused by another object. Route objects and endpoints have separate maps.
         self._routes: dict[int, tuple[Any, list[_Candidate]]] = {}
         self._endpoints: dict[int, tuple[Any, list[_Candidate]]] = {}
+        # id(route) -> (route, template) for route objects with one plain place.
+        self._simple: dict[int, tuple[Any, str]] = {}
         # Every place a request can end, in the routers' order.
         self._ordered: list[_Candidate] = []
         self._indexed_root: Any = None
@@ -193,6 +195,12 @@ class TemplateIndex:
         `root_path` and `route_path` are the scope's as the request reached the middleware,
         `before` its `route` and `endpoint` then (set by a router above the middleware).
         """
+        route = scope.get("route")
+        if route is not None and route is not before[0]:
+            # The common case, one look-up: a route object with one place in the tree.
+            known = self._simple.get(id(route))
+            if known is not None and known[0] is route:
+                return known[1]
         if root is not self._seen_root:
             # A Quart application below the middleware labels from its own URL map.
             self._root_quart = _quart_of(unwrap(root))
@@ -200,7 +208,6 @@ class TemplateIndex:
         quart = self._root_quart
         if quart is not None:
             return _quart_template(quart, scope, root_path, route_path)
-        route = scope.get("route")
         endpoint = scope.get("endpoint")
         if route is before[0]:
             route = None
@@ -295,6 +302,11 @@ class TemplateIndex:
             top = _route_list(top_app)
             if top is not None:
                 _index(top, "", (), routes, endpoints, ordered, 0)
+            self._simple = {
+                key: (obj, places[0].template)
+                for key, (obj, places) in routes.items()
+                if len(places) == 1 and not places[0].nests and places[0].quart is None
+            }
             self._routes, self._endpoints, self._ordered = routes, endpoints, ordered
 
 
