@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -204,6 +205,8 @@ class TemplateIndex:
         if root is not self._seen_root:
             # A Quart application below the middleware labels from its own URL map.
             self._root_quart = _quart_of(unwrap(root))
+            if self._root_quart is not None:
+                watch_quart(self._root_quart)
             self._seen_root = root
         quart = self._root_quart
         if quart is not None:
@@ -414,8 +417,7 @@ def _host(scope: Scope) -> str:
 
 # --- Quart ---------------------------------------------------------------------------
 
-# id -> application: the application is kept so that its id cannot be reused.
-_watched: dict[int, Any] = {}
+_watched: weakref.WeakSet[Any] = weakref.WeakSet()
 _watch_lock = threading.Lock()
 
 
@@ -426,17 +428,20 @@ def watch_quart(app: Any) -> None:
     request (whose `scope` is the dict the middleware handed on); `request_started` is
     sent inside that context, after matching and before any user hook can fail.
     """
-    if _watched.get(id(app)) is app:
+    try:
+        if app in _watched:
+            return
+    except TypeError:  # pragma: no cover - Quart applications are hashable and weak-referable
         return
     with _watch_lock:
-        if _watched.get(id(app)) is app:
+        if app in _watched:
             return
         try:
             from quart.signals import request_started
         except ImportError:  # pragma: no cover - a URL-map app that is not Quart
             return
         request_started.connect(_record_quart_rule, sender=app, weak=False)
-        _watched[id(app)] = app
+        _watched.add(app)
 
 
 async def _record_quart_rule(sender: Any, **_: Any) -> None:
@@ -454,7 +459,6 @@ async def _record_quart_rule(sender: Any, **_: Any) -> None:
 
 def _quart_template(app: Any, scope: Scope, root_path: str, path: str) -> str:
     """Template of a Quart (werkzeug) request, `<int:item_id>` written as `{item_id}`."""
-    watch_quart(app)
     rule = scope.get(QUART_RULE_KEY)
     if rule is not None:
         text = getattr(rule, "rule", None)
