@@ -359,7 +359,7 @@ def _index(
                 continue
             place = _Candidate(prefix + path_format, here)
             nested_app = getattr(matched, "endpoint", None)
-        if not place.nests:
+        if not place.nests and not _websocket_only(matched):
             ordered.append(place)
         for obj in {id(matched): matched, id(original): original}.values():
             _add(out, obj, place)
@@ -402,6 +402,12 @@ def _follow(chain: tuple[Any, ...], scope: Scope, path: str) -> str | None:
         if _mount_prefix(node) is not None:
             rest = "/" + (match.groupdict().get("path") or "")
     return rest
+
+
+def _websocket_only(route: Any) -> bool:
+    """A WebSocket route (Starlette's, FastAPI's): an HTTP request never matches it."""
+    target = getattr(route, "original_route", route)
+    return any(cls.__name__ == "WebSocketRoute" for cls in type(target).__mro__)
 
 
 def _host(scope: Scope) -> str:

@@ -19,7 +19,8 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Host, Mount, Route, Router
+from starlette.routing import Host, Mount, Route, Router, WebSocketRoute
+from starlette.websockets import WebSocket
 from werkzeug.routing import BaseConverter
 
 from gatewayz_metrics import UNMATCHED_ENDPOINT, PrometheusMiddleware
@@ -417,3 +418,17 @@ async def test_a_request_refused_before_routing_keeps_its_template(
         ("GET", UNMATCHED_ENDPOINT, "401"): 1,
         ("GET", "/a/items/{name}", "200"): 1,
     }
+
+
+async def test_an_http_request_to_a_websocket_path_is_unmatched(
+    registry: CollectorRegistry,
+) -> None:
+    """A plain GET on a WebSocket route's path is the router's 404: `__unmatched__`."""
+
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.close()
+
+    app = outer([Mount("/a", routes=[WebSocketRoute("/chat/{room}", chat)])], registry)
+    async with client_for(app) as client:
+        assert (await client.get("/a/chat/lobby")).status_code == 404
+    assert recorded(registry) == {("GET", UNMATCHED_ENDPOINT, "404"): 1}
