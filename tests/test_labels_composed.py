@@ -428,7 +428,9 @@ async def test_an_http_request_to_a_websocket_path_is_unmatched(
     async def chat(websocket: WebSocket) -> None:
         await websocket.close()
 
-    app = outer([Mount("/a", routes=[WebSocketRoute("/chat/{room}", chat)])], registry)
+    room = WebSocketRoute("/chat/{room}", chat)
+    app = outer([room, Mount("/a", routes=[room])], registry)
     async with client_for(app) as client:
+        assert (await client.get("/chat/lobby")).status_code == 404
         assert (await client.get("/a/chat/lobby")).status_code == 404
-    assert recorded(registry) == {("GET", UNMATCHED_ENDPOINT, "404"): 1}
+    assert recorded(registry) == {("GET", UNMATCHED_ENDPOINT, "404"): 2}
