@@ -232,6 +232,14 @@ class PrometheusMiddleware:
     def _endpoint(
         self, scope: Scope, root_path: Any, route_path: str, before: tuple[Any, Any]
     ) -> str:
+        """The `endpoint` label: what routing below this middleware decided.
+
+        `root_path`, `route_path` and `before` (`scope["route"]`/`["endpoint"]`) are as
+        the request reached the middleware. Labels come from the route the router left in
+        the scope; only when it left none (a 404, a request answered before routing) or a
+        Quart 405 is the request matched again: on compiled patterns only for
+        Starlette/FastAPI, against the URL map for Quart (see `_routes`).
+        """
         resolver = self._route_resolver
         if resolver is None:
             if not isinstance(root_path, str):

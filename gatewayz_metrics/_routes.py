@@ -412,12 +412,15 @@ def _websocket_only(route: Any) -> bool:
 
 def _host(scope: Scope) -> str:
     """The request's Host header, lower-cased and without its port, as Starlette matches it."""
-    for name, value in scope.get("headers") or ():
-        if name == b"host":
-            host: str = value.decode("latin-1").lower()
-            if host.startswith("["):
-                return host.split("]", 1)[0] + "]"
-            return host.split(":", 1)[0]
+    try:
+        for name, value in scope.get("headers") or ():
+            if name == b"host":
+                host: str = bytes(value).decode("latin-1").lower()
+                if host.startswith("["):
+                    return host.split("]", 1)[0] + "]"
+                return host.split(":", 1)[0]
+    except (TypeError, ValueError):
+        pass  # malformed headers: no host routing could have matched them either
     return ""
 
 
