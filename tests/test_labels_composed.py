@@ -434,3 +434,21 @@ async def test_an_http_request_to_a_websocket_path_is_unmatched(
         assert (await client.get("/chat/lobby")).status_code == 404
         assert (await client.get("/a/chat/lobby")).status_code == 404
     assert recorded(registry) == {("GET", UNMATCHED_ENDPOINT, "404"): 2}
+
+
+async def test_a_quart_app_mounted_in_instrumented_fastapi_is_labelled_by_its_rules(
+    registry: CollectorRegistry,
+) -> None:
+    """FastAPI records only the mounted app for a mount: Quart's rule still completes it."""
+    app = FastAPI()
+    app.mount("/q", quart_items())  # type: ignore[arg-type]
+    app.add_middleware(PrometheusMiddleware, registry=registry)
+    async with client_for(app) as client:
+        assert (await client.get("/q/items/1")).status_code == 200
+        assert (await client.delete("/q/items/1")).status_code == 405
+        assert (await client.get("/q/nothing-here")).status_code == 404
+    assert recorded(registry) == {
+        ("GET", "/q/items/{id}", "200"): 1,
+        ("DELETE", "/q/items/{id}", "405"): 1,
+        ("GET", UNMATCHED_ENDPOINT, "404"): 1,
+    }
