@@ -15,8 +15,11 @@ so the label is read from what the router recorded, never guessed from the path:
   router included twice) is told apart by matching the request path against the
   candidates' own compiled patterns: regular expressions only, so no path convertor,
   custom `matches()` or other user code runs a second time.
-- Nothing recorded by the router below the middleware means it matched nothing: a 404,
-  `__unmatched__`.
+- When the router below the middleware recorded nothing, it matched nothing (a 404) or was
+  never reached (an auth middleware's 401, a CORS preflight): the request path is matched
+  against the indexed routes' compiled patterns and `methods`, in the routers' order, so a
+  401 keeps the template its path would reach and a 404 is `__unmatched__`, again without
+  running user code.
 - Quart records the rule it matched in its request context; a receiver on Quart's
   `request_started` signal copies it into the scope. Where no rule was recorded (a 405,
   which werkzeug reports without its rule, or a request that failed before dispatch) the
