@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from time import perf_counter
@@ -21,7 +22,14 @@ from gatewayz_metrics._http import (
 from gatewayz_metrics._internal import report_internal_error
 from gatewayz_metrics._labels import clean_label
 from gatewayz_metrics._registry import resolve_registry
-from gatewayz_metrics._routes import RouteResolver, TemplateIndex, _children, _expand, _mount_prefix
+from gatewayz_metrics._routes import (
+    RouteResolver,
+    TemplateIndex,
+    _children,
+    _expand,
+    _mount_prefix,
+    unwrap,
+)
 from gatewayz_metrics._types import ASGIApp, Message, Receive, Scope, Send
 
 CLIENT_CLOSED_REQUEST = "499"
@@ -98,6 +106,10 @@ class PrometheusMiddleware:
         # Per application object, surveyed at its first request (every route exists by
         # then; with a token, at the end of lifespan start-up too): where metrics are served.
         self._surveys: dict[int, tuple[Any, _Survey]] = {}
+        self._prepared = False
+        # The router-like application below this middleware, found at the first request
+        # (routes may be added until then): where metrics are mounted and routes live.
+        self._root: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # `.get` and the type checks below: a malformed scope is the application's to
@@ -111,7 +123,7 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
         path = _route_path(scope)
-        root = scope.get("app", self.app)
+        root = self._survey_root()
         known = self._surveys.get(id(root))
         survey = known[1] if known is not None and known[0] is root else self._survey(root)
         if path == self.metrics_path and survey.own and _route_count(root) != survey.count:
@@ -149,7 +161,13 @@ class PrometheusMiddleware:
 
         verb = scope.get("method")
         method = STANDARD_METHODS.get(verb, OTHER_METHOD) if isinstance(verb, str) else OTHER_METHOD
+        # Routing below the middleware is what names the route: the app wrapped (not
+        # `scope["app"]`, the outermost application when this one is mounted), the
+        # prefix as seen from here, and what a router above had already recorded.
         root_path = scope.get("root_path", "")
+        before = (scope.get("route"), scope.get("endpoint"))
+        if not self._prepared:
+            self._prepare()
         metrics = self._metrics
         in_progress = metrics.in_progress_gauge(method)
         start = perf_counter()
@@ -159,6 +177,7 @@ class PrometheusMiddleware:
         received = 0
         sent = 0
         client_gone = False
+        trailers = False
         # A server sends no body in answer to HEAD, whatever the application hands it.
         count_body = scope.get("method") != "HEAD"
 
@@ -176,19 +195,32 @@ class PrometheusMiddleware:
             return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_start, response_end, sent, client_gone
+            nonlocal status, response_start, response_end, sent, client_gone, trailers
             last = False
             try:
                 kind = message["type"]
                 if kind == "http.response.start":
                     status = message["status"]
                     response_start = perf_counter()
+                    trailers = bool(message.get("trailers", False))
                 elif kind == "http.response.body":
                     if count_body:
                         sent += len(message.get("body", b""))
-                    last = not message.get("more_body", False)
+                    # With HTTP trailers announced, the trailers end the response.
+                    last = not message.get("more_body", False) and not trailers
+                elif kind == "http.response.trailers":
+                    last = not message.get("more_trailers", False)
                 elif kind == "http.response.pathsend":
-                    last = True
+                    # ASGI Path Send: the server sends the whole file; it ends the response.
+                    if count_body:
+                        sent += _file_size(message.get("path"))
+                    last = not trailers
+                elif kind == "http.response.zerocopysend":
+                    # ASGI Zero Copy Send: `count` bytes of `file` (to its end when absent),
+                    # and like a body message it is the last unless `more_body` says more.
+                    if count_body:
+                        sent += _zerocopy_bytes(message)
+                    last = not message.get("more_body", False) and not trailers
             except Exception as exc:
                 report_internal_error(metrics.registry, "middleware.send", exc)
             try:
@@ -222,7 +254,7 @@ class PrometheusMiddleware:
                 else:
                     status_code = _STATUS_LABELS.get(status) or _status_label(status)
                 requests, children = metrics.series(
-                    method, self._endpoint(scope, root, root_path), status_code
+                    method, self._endpoint(scope, root_path, path, before), status_code
                 )
                 requests.inc()
                 children.duration.observe(end - start)
@@ -236,10 +268,22 @@ class PrometheusMiddleware:
             except Exception as exc:
                 report_internal_error(metrics.registry, "middleware.record", exc)
 
-    def _endpoint(self, scope: Scope, root: Any, root_path: str) -> str:
+    def _endpoint(
+        self, scope: Scope, root_path: Any, route_path: str, before: tuple[Any, Any]
+    ) -> str:
+        """The `endpoint` label: what routing below this middleware decided.
+
+        `root_path`, `route_path` and `before` (`scope["route"]`/`["endpoint"]`) are as
+        the request reached the middleware. Labels come from the route the router left in
+        the scope; only when it left none (a 404, a request answered before routing) or a
+        Quart 405 is the request matched again: on compiled patterns only for
+        Starlette/FastAPI, against the URL map for Quart (see `_routes`).
+        """
         resolver = self._route_resolver
         if resolver is None:
-            return self._templates.resolve(scope, root, root_path)
+            if not isinstance(root_path, str):
+                root_path = ""
+            return self._templates.resolve(scope, self.app, root_path, route_path, before)
         template = resolver(scope)
         if template is None:
             return UNMATCHED_ENDPOINT
@@ -247,6 +291,26 @@ class PrometheusMiddleware:
             raise TypeError(f"route_resolver returned {template!r}, expected str or None")
         # Like every label value: a lone surrogate would make every later scrape fail.
         return clean_label("route_resolver result", template)
+
+    def _prepare(self) -> None:
+        """Index the routes below before the first request (Quart apps then record rules)."""
+        self._prepared = True
+        if self._route_resolver is None:
+            try:
+                self._templates.prepare(self.app)
+            except Exception as exc:
+                report_internal_error(self.registry, "middleware.routes", exc)
+
+    def _survey_root(self) -> Any:
+        """The application whose routes this middleware surveys: the one it wraps.
+
+        Not `scope["app"]`: when this middleware wraps a sub-application mounted in another
+        one, that is the outer application, whose `/metrics` is not this one's.
+        """
+        root = self._root
+        if root is None:
+            root = self._root = unwrap(self.app)
+        return root
 
     def _survey(self, root: Any) -> _Survey:
         """Find where metrics are served in `root`, and refuse a token that would be dropped."""
@@ -285,7 +349,7 @@ class PrometheusMiddleware:
             if message.get("type") == "lifespan.startup.complete":
                 # Every route exists now (startup handlers may add some): look again, and
                 # fail the start-up rather than serve metrics without their token.
-                survey = self._survey(scope.get("app", self.app))
+                survey = self._survey(self._survey_root())
                 if survey.error is not None:
                     message = {"type": "lifespan.startup.failed", "message": survey.error}
             await send(message)
@@ -396,6 +460,37 @@ def _route_path(scope: Scope) -> str:
         if not rest or rest[0] == "/":
             return rest or "/"
     return path
+
+
+def _file_size(path: Any) -> int:
+    """Size of the file a `http.response.pathsend` names, 0 when it cannot be read."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return 0
+    try:
+        return os.stat(path).st_size
+    except (OSError, ValueError):
+        return 0
+
+
+def _zerocopy_bytes(message: Message) -> int:
+    """Bytes a `http.response.zerocopysend` sends: `count`, at most to the file's end."""
+    count = message.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        count = None
+    remaining: int | None
+    try:
+        file: Any = message.get("file")
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            # Without `offset`, the server reads from the file's current position.
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        remaining = max(0, os.fstat(fd).st_size - offset)
+    except (OSError, ValueError, AttributeError, TypeError):
+        remaining = None
+    if count is None:
+        return remaining or 0
+    return count if remaining is None else min(count, remaining)
 
 
 def _status_label(status: Any) -> str:
