@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from gatewayz_metrics._exposition import MetricsApp
 from gatewayz_metrics._http import (
-    OTHER_METHOD,
-    STANDARD_METHODS,
+    MEASURED_SCOPE_KEY,
     UNMATCHED_ENDPOINT,
     HTTPMetrics,
+    Measurement,
+    method_label,
     request_measured,
 )
 from gatewayz_metrics._internal import report_internal_error
@@ -113,19 +114,18 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
 
-        measuring = request_measured.get()
-        if measuring and self.registry in measuring:
+        measured_by = scope.get(MEASURED_SCOPE_KEY, ())
+        if self.registry in measured_by:
             # The same registry is already measuring this request (the middleware was
             # added twice): counting it again would double every number.
             await self.app(scope, receive, send)
             return
 
-        verb = scope.get("method")
-        method = STANDARD_METHODS.get(verb, OTHER_METHOD) if isinstance(verb, str) else OTHER_METHOD
+        method = method_label(scope.get("method"))
         root = scope.get("app", self.app)
         root_path = scope.get("root_path", "")
         metrics = self._metrics
-        in_progress = metrics.in_progress_gauge(method)
+        measurement = Measurement(self.registry)
         start = perf_counter()
         status: Any = None
         response_start = 0.0
@@ -173,9 +173,22 @@ class PrometheusMiddleware:
                 raise
             if last:
                 response_end = perf_counter()
+                measurement.complete = True
 
-        in_progress.inc()
-        token = request_measured.set((*measuring, self.registry))
+        # Our bookkeeping never fails a request: the gauge's child may need a file in
+        # multiprocess mode (a full disk, a removed directory). A try costs nothing
+        # until it catches.
+        try:
+            in_progress = metrics.in_progress_gauge(method)
+            in_progress.inc()
+        except Exception as exc:
+            in_progress = None
+            report_internal_error(metrics.registry, "middleware.in_progress", exc)
+        try:
+            scope[MEASURED_SCOPE_KEY] = (*measured_by, self.registry)
+        except Exception as exc:  # a read-only scope: the stacked-twice guard is lost, no more
+            report_internal_error(metrics.registry, "middleware.record", exc)
+        token = request_measured.set((*request_measured.get(), measurement))
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except asyncio.CancelledError:
@@ -183,8 +196,13 @@ class PrometheusMiddleware:
             client_gone = client_gone or not response_end
             raise
         finally:
+            measurement.complete = True
             request_measured.reset(token)
-            in_progress.dec()
+            if in_progress is not None:
+                try:
+                    in_progress.dec()
+                except Exception as exc:
+                    report_internal_error(metrics.registry, "middleware.in_progress", exc)
             try:
                 end = response_end or perf_counter()
                 if client_gone and not response_end:
