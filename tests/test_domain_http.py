@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gatewayz_metrics._domain import GatewayMetrics, HTTPRequestHandle
-from gatewayz_metrics._http import request_measured
+from gatewayz_metrics._http import Measurement, request_measured
 from gatewayz_metrics._middleware import PrometheusMiddleware
 
 ENDPOINT = "/v1/chat/completions"
@@ -103,8 +103,9 @@ def test_methods_are_normalised_like_the_middleware_does(
 def test_nothing_is_recorded_while_the_middleware_measures(
     registry: CollectorRegistry, metrics: GatewayMetrics
 ) -> None:
-    """With `request_measured` set (as the middleware sets it), the helper stays silent."""
-    token = request_measured.set((CollectorRegistry(),))
+    """While the middleware of the same registry measures the request (response not
+    complete), the helper stays silent."""
+    token = request_measured.set((Measurement(registry),))
     try:
         with metrics.track_http_request("POST", ENDPOINT) as request:
             assert request.measured_by_middleware
