@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -180,9 +179,7 @@ async def test_the_middleware_and_track_http_request_label_a_method_alike(
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await PlainTextResponse("ok")(scope, receive, send)
 
-    middleware = PrometheusMiddleware(
-        app, registry=by_middleware, route_resolver=lambda scope: JOB
-    )
+    middleware = PrometheusMiddleware(app, registry=by_middleware, route_resolver=lambda scope: JOB)
     send = RecordingSend()
     await middleware(http_scope(JOB, method=method), ScriptedReceive(), send)
     assert send.status == 200

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,12 +41,11 @@ ALL_CASES = [*CASES, *EXTRA_CASES]
 
 
 @pytest.fixture
-def lenient(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def lenient(monkeypatch: pytest.MonkeyPatch) -> None:
     """The environment of an application in production: no strict switch."""
     monkeypatch.delenv("GATEWAYZ_METRICS_STRICT", raising=False)
     # Log-once is per process: start from a process that has logged nothing yet.
     monkeypatch.setattr(_internal, "_logged", set())
-    yield
 
 
 def invalid_counts(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
@@ -107,7 +106,10 @@ def test_lenient_mode_drops_counts_and_logs_an_invalid_call(
 
 @pytest.mark.parametrize(
     ("call", "error", "message"),
-    [pytest.param(call, error, message, id=case_id) for case_id, call, error, message in EXTRA_CASES],
+    [
+        pytest.param(call, error, message, id=case_id)
+        for case_id, call, error, message in EXTRA_CASES
+    ],  # noqa: E501
 )
 def test_strict_mode_raises_a_clear_error(
     registry: CollectorRegistry, lenient: None, call: Call, error: type[Exception], message: str
@@ -217,10 +219,15 @@ def test_a_tracker_with_invalid_labels_runs_the_block_and_records_nothing(
     and the drop is counted once."""
     metrics = GatewayMetrics(registry)
     failure = LookupError("the app's own")
-    with pytest.raises(LookupError) as raised, metrics.track_model_inference("", "m") as call:
-        call.first_token()
-        call.set_status("error")
-        raise failure
+
+    def block() -> None:
+        with metrics.track_model_inference("", "m") as call:
+            call.first_token()
+            call.set_status("error")
+            raise failure
+
+    with pytest.raises(LookupError) as raised:
+        block()
     assert raised.value is failure
     with metrics.track_database_query("users", 42):  # type: ignore[arg-type]
         pass
