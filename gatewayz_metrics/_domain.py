@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Generic, Literal, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from gatewayz_metrics._cardinality import OVERFLOW_VALUE, BoundedLabel
@@ -34,6 +34,7 @@ from gatewayz_metrics._registry import get_or_create, resolve_registry
 from gatewayz_metrics._secrets import SecretDetector, looks_like_secret
 from gatewayz_metrics._tracking import OUTCOMES, SUCCESS, Tracker, outcome_of
 from gatewayz_metrics._validation import (
+    MAX_COUNT,
     InvalidArgumentError,
     InvalidCallError,
     InvalidValueError,
@@ -374,7 +375,7 @@ class _GaugeFamily:
             try:
                 text, folded = self._clean(raw)
                 value = self.check(f"the value of a {self.name} callback", raw_value)
-            except (TypeError, ValueError) as exc:
+            except Exception as exc:
                 report_internal_error(self.registry, f"callback:{self.name}", exc)
                 continue
             if folded and not self.additive:
@@ -1107,10 +1108,13 @@ class GatewayMetrics:
         """Add to `tokens_used_total{token_type="input"|"output"}`; a `None` count was not
         reported by the provider and is not recorded."""
         try:
-            if not (type(input_tokens) is int and input_tokens >= 0) and input_tokens is not None:
+            # The common case (a plain, sane int) costs two comparisons; None is "not reported".
+            if input_tokens is not None and not (
+                type(input_tokens) is int and 0 <= input_tokens <= MAX_COUNT
+            ):
                 input_tokens = _count("input_tokens", input_tokens)
-            if not (type(output_tokens) is int and output_tokens >= 0) and (
-                output_tokens is not None
+            if output_tokens is not None and not (
+                type(output_tokens) is int and 0 <= output_tokens <= MAX_COUNT
             ):
                 output_tokens = _count("output_tokens", output_tokens)
             input_child, output_child = self._families.tokens.get((provider, model))
@@ -1266,6 +1270,8 @@ class GatewayMetrics:
             raise ValueError(f"family must be one of {GAUGE_FAMILIES}, got {family!r}")
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
+        # Its fault series exists at 0 from now on, so that rate() sees the first fault.
+        create_self_metrics(self.registry, components=(f"callback:{family}",))
         self._families.gauges[family].callback = callback
 
     def clear_gauge_callback(self, family: str) -> None:
@@ -1288,7 +1294,17 @@ def default_metrics() -> GatewayMetrics:
     if metrics is None:
         with _default_lock:
             if _default is None:
-                _default = GatewayMetrics()
+                try:
+                    _default = GatewayMetrics()
+                except Exception as exc:
+                    # The default registry refuses our families (a metric of the same name
+                    # is already there): the module-level helpers would raise into every
+                    # request that records. Strict mode raises; otherwise they record into
+                    # a private registry that nothing exposes, and the fault is logged.
+                    if strict_from_env():
+                        raise
+                    report_internal_error(REGISTRY, "recording", exc)
+                    _default = GatewayMetrics(CollectorRegistry())
             metrics = _default
     return metrics
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import sys
 
 STRICT_ENV = "GATEWAYZ_METRICS_STRICT"
 """Set to `1` (or `true`, `yes`, `on`) to make every `GatewayMetrics` raise on invalid values."""
@@ -43,9 +44,13 @@ class InvalidCallError(InvalidArgumentError, RuntimeError):
     """A call that is invalid where it is made (e.g. `set_usage` twice)."""
 
 
+MAX_COUNT = int(sys.float_info.max)
+"""Beyond this, a count cannot be added to a float sample (OverflowError)."""
+
+
 def count(argument: str, value: object) -> int:
     """A non-negative integer (bools and floats rejected), or a precise error."""
-    if type(value) is int and value >= 0:
+    if type(value) is int and 0 <= value <= MAX_COUNT:
         return value
     if isinstance(value, bool):
         raise InvalidTypeError(argument, f"{argument} must be an int, got bool {shown(value)}")
@@ -57,6 +62,10 @@ def count(argument: str, value: object) -> int:
         ) from None
     if number < 0:
         raise InvalidValueError(argument, f"{argument} must be >= 0, got {shown(value)}")
+    if number > MAX_COUNT:
+        raise InvalidValueError(
+            argument, f"{argument} must be finite, got an int of {_digits(number)} digits"
+        )
     return number
 
 

@@ -396,16 +396,16 @@ MUTATIONS = [
     ),
     pytest.param(
         ALERT_RULES_FILE,
-        "increase(gatewayz_metrics_invalid_values_total{job=\"gatewayz-api\"}[15m])) > 0",
-        "increase(gatewayz_metrics_invalid_values_total{job=\"gatewayz-api\"}[15m])) > 2",
+        'increase(gatewayz_metrics_invalid_values_total{job="gatewayz-api"}[15m])) > 0',
+        'increase(gatewayz_metrics_invalid_values_total{job="gatewayz-api"}[15m])) > 2',
         "self_metrics_alerts_test.yml",
         id="invalid-values-threshold",
     ),
     pytest.param(
         ALERT_RULES_FILE,
-        "            gatewayz_metrics_internal_errors_total{job=\"gatewayz-api\"} > 0\n"
+        '            gatewayz_metrics_internal_errors_total{job="gatewayz-api"} > 0\n'
         "            unless\n",
-        "            gatewayz_metrics_internal_errors_total{job=\"gatewayz-api\"} > 0\n"
+        '            gatewayz_metrics_internal_errors_total{job="gatewayz-api"} > 0\n'
         "            and\n",
         "self_metrics_alerts_test.yml",
         id="internal-errors-new-series-arm",

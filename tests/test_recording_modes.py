@@ -30,6 +30,8 @@ LABELS = {"provider": "openrouter", "model": "gpt-4o"}
 
 EXTRA_CASES: list[tuple[str, Call, type[Exception], str]] = [
     ("credits-beyond-float", lambda m: m.record_credits_used("p", "m", "u1", 10**400), ValueError, "credits must be finite, got an int of 401 digits"),  # noqa: E501
+    ("tokens-beyond-float", lambda m: m.record_tokens_used("p", "m", 10**400, 1), ValueError, "input_tokens must be finite, got an int of 401 digits"),  # noqa: E501
+    ("queue-size-beyond-float", lambda m: m.set_queue_size("q", 10**309), ValueError, "size must be finite, got an int of 310 digits"),  # noqa: E501
     ("credits-bool", lambda m: m.record_credits_used("p", "m", "u1", True), TypeError, "credits must be a number, got bool True"),  # noqa: E501
     ("tokens-nan", lambda m: m.record_tokens_used("p", "m", math.nan, 1), TypeError, "input_tokens must be an int, got float nan"),  # noqa: E501
     ("tokens-inf", lambda m: m.record_tokens_used("p", "m", 1, math.inf), TypeError, "output_tokens must be an int, got float inf"),  # noqa: E501
@@ -109,7 +111,7 @@ def test_lenient_mode_drops_counts_and_logs_an_invalid_call(
     [
         pytest.param(call, error, message, id=case_id)
         for case_id, call, error, message in EXTRA_CASES
-    ],  # noqa: E501
+    ],
 )
 def test_strict_mode_raises_a_clear_error(
     registry: CollectorRegistry, lenient: None, call: Call, error: type[Exception], message: str
