@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from _asgi import RecordingSend, ScriptedReceive, client_for, http_scope
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -18,7 +19,6 @@ from starlette.routing import Route
 from gatewayz_metrics._domain import GatewayMetrics
 from gatewayz_metrics._http import STANDARD_METHODS
 from gatewayz_metrics._middleware import PrometheusMiddleware
-from tests._asgi import RecordingSend, ScriptedReceive, client_for, http_scope
 
 JOB = "/jobs/cleanup"
 

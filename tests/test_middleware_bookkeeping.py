@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _asgi import RecordingSend, ScriptedReceive, http_scope
 from prometheus_client import CollectorRegistry
 from starlette.responses import PlainTextResponse
 
 from gatewayz_metrics._http import HTTPMetrics
 from gatewayz_metrics._middleware import PrometheusMiddleware
-from tests._asgi import RecordingSend, ScriptedReceive, http_scope
 
 INTERNAL = "gatewayz_metrics_internal_errors_total"
 

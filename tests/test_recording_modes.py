@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from test_domain_validation import CASES
 
 from gatewayz_metrics import _internal
 from gatewayz_metrics._domain import GatewayMetrics
 from gatewayz_metrics._middleware import PrometheusMiddleware
-from tests.test_domain_validation import CASES
 
 Call = Callable[[Any], object]
 INVALID = "gatewayz_metrics_invalid_values_total"
