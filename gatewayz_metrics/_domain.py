@@ -1324,12 +1324,14 @@ def track_database_query(table: str, operation: str) -> Tracker[None]:
     return (_default or default_metrics()).track_database_query(table, operation)
 
 
-def record_tokens_used(provider: str, model: str, input_tokens: int, output_tokens: int) -> None:
+def record_tokens_used(
+    provider: str, model: str, input_tokens: int | None, output_tokens: int | None
+) -> None:
     """`GatewayMetrics.record_tokens_used` on the default registry."""
     (_default or default_metrics()).record_tokens_used(provider, model, input_tokens, output_tokens)
 
 
-def record_credits_used(provider: str, model: str, user_id: str, credits: float) -> None:
+def record_credits_used(provider: str, model: str, user_id: str, credits: float | None) -> None:
     """`GatewayMetrics.record_credits_used` on the default registry."""
     (_default or default_metrics()).record_credits_used(provider, model, user_id, credits)
 
@@ -1354,12 +1356,12 @@ def record_api_key_usage(api_key_id: str, status: str) -> None:
     (_default or default_metrics()).record_api_key_usage(api_key_id, status)
 
 
-def set_cache_size(cache_name: str, size_bytes: int) -> None:
+def set_cache_size(cache_name: str, size_bytes: int | None) -> None:
     """`GatewayMetrics.set_cache_size` on the default registry."""
     (_default or default_metrics()).set_cache_size(cache_name, size_bytes)
 
 
-def set_rate_limit_remaining(limit_type: str, remaining: float) -> None:
+def set_rate_limit_remaining(limit_type: str, remaining: float | None) -> None:
     """`GatewayMetrics.set_rate_limit_remaining` on the default registry."""
     (_default or default_metrics()).set_rate_limit_remaining(limit_type, remaining)
 
@@ -1367,7 +1369,7 @@ def set_rate_limit_remaining(limit_type: str, remaining: float) -> None:
 def set_provider_health(
     provider: str,
     *,
-    available: bool | float,
+    available: bool | float | None,
     error_rate: float | None = None,
     response_time: float | None = None,
 ) -> None:
@@ -1377,31 +1379,31 @@ def set_provider_health(
     )
 
 
-def set_active_api_keys(*, active: int, inactive: int) -> None:
+def set_active_api_keys(*, active: int | None, inactive: int | None) -> None:
     """`GatewayMetrics.set_active_api_keys` on the default registry."""
     (_default or default_metrics()).set_active_api_keys(active=active, inactive=inactive)
 
 
-def set_user_credit_balance(user_id: str, balance: float) -> None:
+def set_user_credit_balance(user_id: str, balance: float | None) -> None:
     """`GatewayMetrics.set_user_credit_balance` on the default registry."""
     (_default or default_metrics()).set_user_credit_balance(user_id, balance)
 
 
-def set_trial_active(status: str, count: int) -> None:
+def set_trial_active(status: str, count: int | None) -> None:
     """`GatewayMetrics.set_trial_active` on the default registry."""
     (_default or default_metrics()).set_trial_active(status, count)
 
 
-def set_subscription_count(plan: str, count: int) -> None:
+def set_subscription_count(plan: str, count: int | None) -> None:
     """`GatewayMetrics.set_subscription_count` on the default registry."""
     (_default or default_metrics()).set_subscription_count(plan, count)
 
 
-def set_active_connections(connection_type: str, count: int) -> None:
+def set_active_connections(connection_type: str, count: int | None) -> None:
     """`GatewayMetrics.set_active_connections` on the default registry."""
     (_default or default_metrics()).set_active_connections(connection_type, count)
 
 
-def set_queue_size(queue: str, size: int) -> None:
+def set_queue_size(queue: str, size: int | None) -> None:
     """`GatewayMetrics.set_queue_size` on the default registry."""
     (_default or default_metrics()).set_queue_size(queue, size)
