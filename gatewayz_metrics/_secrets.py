@@ -87,6 +87,15 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _SEPARATORS = re.compile(r"[\s,;|]+")
 _WRAPPING = "\"'`<>()[]{}!?.*#&"
 _PARTS = re.compile(r"[:=/@]+")
+_NEEDS_SCAN = re.compile(r"[\s,;|\"'`<>()\[\]{}!?.*#&:=/@]")
+_LONGEST_SCHEME = max(len(scheme) for scheme in AUTH_SCHEMES)
+_SHORTEST_SCHEME = min(len(scheme) for scheme in AUTH_SCHEMES)
+# The shortest token any rule can flag: a prefix + 8 characters (`sk-` + 8), or a scheme
+# word, `=` and a 7-character credential (`key=` + 7).
+_SHORTEST_SECRET = min(
+    min(len(prefix) for prefix in SECRET_PREFIXES) + _MIN_CHARS_AFTER_PREFIX,
+    min(len(scheme) for scheme in AUTH_SCHEMES) + 1 + _MIN_CREDENTIAL_AFTER_SCHEME,
+)
 
 
 def fingerprint(value: str) -> str:
@@ -129,15 +138,21 @@ def looks_like_secret(value: str) -> bool:
         return True
     if len(value) > _MAX_SCANNED:
         return True
+    if not _NEEDS_SCAN.search(value):
+        return False  # one bare token, judged above: the common case stays cheap
     tokens = [token.strip(_WRAPPING) for token in _SEPARATORS.split(value)]
     tokens = [token for token in tokens if token]
     for index, token in enumerate(tokens):
-        word = token.rstrip(":=").lower()
-        if word in AUTH_SCHEMES:
+        size = len(token)
+        if size < _SHORTEST_SCHEME:
+            continue
+        if size <= _LONGEST_SCHEME + 1 and token.rstrip(":=").lower() in AUTH_SCHEMES:
             after = tokens[index + 1] if index + 1 < len(tokens) else ""
             if len(after) >= _MIN_CREDENTIAL_AFTER_SCHEME:
                 return True
             continue
+        if size < _SHORTEST_SECRET:
+            continue  # too short for any rule below, and for `name=` + a credential
         if token != value and _looks_like_token(token):
             return True
         parts = [part.strip(_WRAPPING) for part in _PARTS.split(token)]
@@ -147,7 +162,7 @@ def looks_like_secret(value: str) -> bool:
             if head in AUTH_SCHEMES and len(rest) >= _MIN_CREDENTIAL_AFTER_SCHEME:
                 return True  # key=abc1234, Bearer:abc1234
             if not _OWN_FINGERPRINT.fullmatch(token) and any(
-                _looks_like_token(part) for part in parts if part
+                _looks_like_token(part) for part in parts if len(part) >= _SHORTEST_SECRET
             ):
                 return True
     return False
