@@ -88,6 +88,7 @@ class PrometheusMiddleware:
         # awareness for the default registry.
         self._own_metrics_app = MetricsApp(registry, bearer_token=bearer_token)
         self._route_resolver = route_resolver
+        self._measured_by_us = (self.registry,)
         self._templates = TemplateIndex()
         self._served: dict[str, ASGIApp] | None = None
         self._served_prefixes: tuple[str, ...] = ()
@@ -185,7 +186,9 @@ class PrometheusMiddleware:
             in_progress = None
             report_internal_error(metrics.registry, "middleware.in_progress", exc)
         try:
-            scope[MEASURED_SCOPE_KEY] = (*measured_by, self.registry)
+            scope[MEASURED_SCOPE_KEY] = (
+                (*measured_by, self.registry) if measured_by else self._measured_by_us
+            )
         except Exception as exc:  # a read-only scope: the stacked-twice guard is lost, no more
             report_internal_error(metrics.registry, "middleware.record", exc)
         token = request_measured.set((*request_measured.get(), measurement))
