@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
-from gatewayz_metrics._registry import get_or_create
+from gatewayz_metrics._internal import label_overflow_total
+
+__all__ = ["OVERFLOW_VALUE", "BoundedLabel", "label_overflow_total"]
 
 OVERFLOW_VALUE = "__other__"
 """The label value that every value past a label's cap folds into."""
-
-
-def label_overflow_total(registry: CollectorRegistry) -> Counter:
-    """The `gatewayz_metrics_label_overflow_total{metric, label}` counter of `registry`."""
-    return get_or_create(
-        registry,
-        "label_overflow",
-        lambda: Counter(
-            "gatewayz_metrics_label_overflow",
-            "Observations whose label value was folded into __other__ because the label "
-            "reached its cap of distinct values.",
-            ["metric", "label"],
-            registry=registry,
-        ),
-    )
 
 
 class BoundedLabel:

@@ -10,9 +10,6 @@ prometheus_client's default registry. Every user-supplied label value is cleaned
 
 from __future__ import annotations
 
-import logging
-import math
-import operator
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,26 +17,38 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Generic, Literal, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from gatewayz_metrics._cardinality import OVERFLOW_VALUE, BoundedLabel
-from gatewayz_metrics._http import (
-    OTHER_METHOD,
-    STANDARD_METHODS,
-    HTTPMetrics,
-    check_buckets,
-    request_measured,
+from gatewayz_metrics._http import HTTPMetrics, check_buckets, measured_here, method_label
+from gatewayz_metrics._internal import (
+    create_self_metrics,
+    log_once,
+    logger,
+    report_internal_error,
+    report_invalid_value,
 )
-from gatewayz_metrics._internal import report_internal_error
 from gatewayz_metrics._labels import MAX_LABEL_LENGTH, clean_label
 from gatewayz_metrics._registry import get_or_create, resolve_registry
 from gatewayz_metrics._secrets import SecretDetector, looks_like_secret
 from gatewayz_metrics._tracking import OUTCOMES, SUCCESS, Tracker, outcome_of
+from gatewayz_metrics._validation import (
+    MAX_COUNT,
+    InvalidArgumentError,
+    InvalidCallError,
+    InvalidValueError,
+    strict_from_env,
+)
+from gatewayz_metrics._validation import availability as _availability
+from gatewayz_metrics._validation import count as _count
+from gatewayz_metrics._validation import fraction as _fraction
+from gatewayz_metrics._validation import number as _number
+from gatewayz_metrics._validation import signed as _signed
+from gatewayz_metrics._validation import status_code as _status_code
 
 T = TypeVar("T")
-
-logger = logging.getLogger("gatewayz_metrics")
+H = TypeVar("H")
 
 # --- defaults ------------------------------------------------------------------------
 
@@ -91,78 +100,11 @@ GaugeCallback = Callable[[], Mapping[str, float]]
 """Returns the current value per label value of a one-label gauge family."""
 
 _MAX_CACHED_CHILDREN = 4096
-_warned: set[str] = set()
 
 
 def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
+    if log_once(("warning", message)):
         logger.warning("gatewayz-metrics: %s", message)
-
-
-# --- input checks: cheap on the hot path, precise in their messages -----------------
-
-
-def _count(argument: str, value: object) -> int:
-    """A non-negative integer (bools and floats rejected), or a precise error."""
-    if type(value) is int and value >= 0:
-        return value
-    if isinstance(value, bool):
-        raise TypeError(f"{argument} must be an int, got bool {value!r}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"{argument} must be an int, got {type(value).__name__} {value!r}"
-        ) from None
-    if number < 0:
-        raise ValueError(f"{argument} must be >= 0, got {value!r}")
-    return number
-
-
-def _number(
-    argument: str,
-    value: object,
-    *,
-    minimum: float | None = 0.0,
-    maximum: float | None = None,
-) -> float:
-    """A finite real number within [minimum, maximum], or a precise error."""
-    if type(value) is float or type(value) is int:
-        number = float(value)
-    elif isinstance(value, (bool, str, bytes)):
-        raise TypeError(f"{argument} must be a number, got {type(value).__name__} {value!r}")
-    else:
-        try:
-            number = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{argument} must be a number, got {type(value).__name__} {value!r}"
-            ) from None
-    if not math.isfinite(number):
-        raise ValueError(f"{argument} must be finite, got {value!r}")
-    if minimum is not None and number < minimum:
-        raise ValueError(f"{argument} must be >= {minimum:g}, got {value!r}")
-    if maximum is not None and number > maximum:
-        raise ValueError(f"{argument} must be <= {maximum:g}, got {value!r}")
-    return number
-
-
-def _availability(argument: str, value: object) -> float:
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    number = _number(argument, value, minimum=None)
-    if number not in (0.0, 1.0):
-        raise ValueError(f"{argument} must be 0 or 1 (or a bool), got {value!r}")
-    return number
-
-
-def _status_code(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"status_code must be an int, got {type(value).__name__} {value!r}")
-    if not 100 <= value <= 599:
-        raise ValueError(f"status_code must be an HTTP status between 100 and 599, got {value!r}")
-    return int(value)
 
 
 def _buckets(name: str, value: Sequence[float] | None) -> tuple[float, ...] | None:
@@ -243,14 +185,6 @@ class _GaugeSpec:
     """A closed set of label values; empty for free text (capped)."""
 
 
-def _fraction(argument: str, value: object) -> float:
-    return _number(argument, value, maximum=1.0)
-
-
-def _signed(argument: str, value: object) -> float:
-    return _number(argument, value, minimum=None)
-
-
 # Per-process quantities are summed over live processes (livesum); shared state
 # is whatever was set last, by any process (mostrecent).
 _GAUGES: tuple[_GaugeSpec, ...] = (
@@ -327,6 +261,44 @@ _GAUGES: tuple[_GaugeSpec, ...] = (
 )
 
 GAUGE_FAMILIES: tuple[str, ...] = tuple(spec.name for spec in _GAUGES)
+
+# (metric, argument) of every drop a helper can count in invalid_values_total: created
+# at 0 with the domain metrics, so that increase() sees the first one.
+_INVALID_SERIES: tuple[tuple[str, str], ...] = (
+    *(("model_inference_requests_total", a) for a in ("provider", "model", "status", "tracker")),
+    *(
+        ("tokens_used_total", a)
+        for a in ("provider", "model", "input_tokens", "output_tokens", "set_usage")
+    ),
+    *(("credits_used_total", a) for a in ("provider", "model", "user_id", "credits")),
+    *(("database_queries_total", a) for a in ("table", "operation", "tracker")),
+    ("cache_hits_total", "cache_name"),
+    ("cache_misses_total", "cache_name"),
+    ("rate_limited_requests_total", "limit_type"),
+    ("api_key_usage_total", "api_key_id"),
+    ("api_key_usage_total", "status"),
+    *(("http_requests_total", a) for a in ("method", "endpoint", "status_code", "tracker")),
+    ("cache_size_bytes", "cache_name"),
+    ("cache_size_bytes", "size_bytes"),
+    ("current_rate_limit", "limit_type"),
+    ("current_rate_limit", "remaining"),
+    *(
+        ("provider_availability", a)
+        for a in ("provider", "available", "error_rate", "response_time")
+    ),
+    ("active_api_keys", "active"),
+    ("active_api_keys", "inactive"),
+    ("user_credit_balance", "user_id"),
+    ("user_credit_balance", "balance"),
+    ("trial_active", "status"),
+    ("trial_active", "count"),
+    ("subscription_count", "plan"),
+    ("subscription_count", "count"),
+    ("active_connections", "connection_type"),
+    ("active_connections", "count"),
+    ("queue_size", "queue"),
+    ("queue_size", "size"),
+)
 """Gauge families that accept a scrape-time callback (`register_gauge_callback`)."""
 
 
@@ -362,7 +334,10 @@ class _GaugeFamily:
         if self.label is None:
             text = clean_label(self.label_name, value, required=True)
             if text not in self.allowed:
-                raise ValueError(f"{self.label_name} must be one of {self.allowed}, got {text!r}")
+                raise InvalidValueError(
+                    self.label_name,
+                    f"{self.label_name} must be one of {self.allowed}, got {text!r}",
+                )
             return text, False
         bounded, folded = _resolve((self.label,), (value,))
         return bounded[0], folded
@@ -400,7 +375,7 @@ class _GaugeFamily:
             try:
                 text, folded = self._clean(raw)
                 value = self.check(f"the value of a {self.name} callback", raw_value)
-            except (TypeError, ValueError) as exc:
+            except Exception as exc:
                 report_internal_error(self.registry, f"callback:{self.name}", exc)
                 continue
             if folded and not self.additive:
@@ -701,7 +676,7 @@ class _Families:
         path = clean_label("endpoint", endpoint, required=True)
         bounded = http.endpoint_label(path)
         folded = bounded == OVERFLOW_VALUE and path != OVERFLOW_VALUE
-        return _HTTPSeries(http, STANDARD_METHODS.get(verb.upper(), OTHER_METHOD), bounded), folded
+        return _HTTPSeries(http, method_label(verb), bounded), folded
 
 
 class _HTTPSeries:
@@ -741,23 +716,26 @@ class InferenceHandle:
         "_start",
         "_status",
         "_ttft",
+        "_usage_set",
     )
 
     def __init__(
         self,
         metrics: GatewayMetrics,
-        series: _InferenceSeries,
+        series: _InferenceSeries | None,
         provider: str,
         model: str,
         start: float,
     ) -> None:
         self._metrics = metrics
+        # None: the call's labels were invalid (lenient mode), so nothing is recorded.
         self._series = series
         self._provider = provider
         self._model = model
         self._start = start
         self._ttft: float | None = None
         self._output_tokens: int | None = None
+        self._usage_set = False
         self._status: str | None = None
         self._duration: float | None = None
 
@@ -777,15 +755,32 @@ class InferenceHandle:
             )
             return
         self._ttft = time.perf_counter() - self._start
-        self._series.ttft.observe(self._ttft)
+        if self._series is not None:
+            try:
+                self._series.ttft.observe(self._ttft)
+            except Exception as exc:
+                report_internal_error(self._metrics.registry, "tracker.inference", exc)
 
-    def set_usage(self, *, input_tokens: int, output_tokens: int) -> None:
+    def set_usage(self, *, input_tokens: int | None, output_tokens: int | None) -> None:
         """Record the call's tokens (`tokens_used_total`) and, for a stream that
-        succeeded, its time per output token. Call it once per block."""
-        if self._output_tokens is not None:
-            raise RuntimeError("set_usage() was already called for this inference call")
-        output = _count("output_tokens", output_tokens)
-        self._metrics.record_tokens_used(self._provider, self._model, input_tokens, output)
+        succeeded, its time per output token. Call it once per block.
+
+        `None` means the provider did not report that count: it is not recorded.
+        """
+        metrics = self._metrics
+        try:
+            if self._usage_set:
+                raise InvalidCallError(
+                    "set_usage", "set_usage() was already called for this inference call"
+                )
+            output = None if output_tokens is None else _count("output_tokens", output_tokens)
+            if input_tokens is not None:
+                _count("input_tokens", input_tokens)
+        except Exception as exc:
+            metrics._dropped("tokens_used_total", exc)
+            return
+        self._usage_set = True
+        metrics.record_tokens_used(self._provider, self._model, input_tokens, output)
         self._output_tokens = output
         if self._duration is not None and self._status == SUCCESS:
             self._observe_tpot(self._duration)
@@ -794,39 +789,72 @@ class InferenceHandle:
         """Outcome to record if the block ends without an exception (an escaping
         exception always decides: error, timeout or cancelled)."""
         if status not in INFERENCE_STATUSES:
-            raise ValueError(f"status must be one of {INFERENCE_STATUSES}, got {status!r}")
+            error = InvalidValueError(
+                "status", f"status must be one of {INFERENCE_STATUSES}, got {status!r}"
+            )
+            self._metrics._dropped("model_inference_requests_total", error)
+            return
         self._status = status
 
     def _observe_tpot(self, duration: float) -> None:
-        ttft, output = self._ttft, self._output_tokens
-        if ttft is not None and output is not None and output > 1:
-            self._series.tpot.observe(max(duration - ttft, 0.0) / (output - 1))
+        ttft, output, series = self._ttft, self._output_tokens, self._series
+        if series is not None and ttft is not None and output is not None and output > 1:
+            try:
+                series.tpot.observe(max(duration - ttft, 0.0) / (output - 1))
+            except Exception as exc:
+                report_internal_error(self._metrics.registry, "tracker.inference", exc)
 
     def _finish(self, duration: float, exc: BaseException | None) -> None:
         status = outcome_of(exc) if exc is not None else (self._status or SUCCESS)
         self._status = status
         self._duration = duration
-        self._series.requests[status].inc()
-        self._series.duration.observe(duration)
+        series = self._series
+        if series is None:
+            return
+        series.requests[status].inc()
+        series.duration.observe(duration)
         if status == SUCCESS:
             self._observe_tpot(duration)
 
 
-class _InferenceTracker(Tracker[InferenceHandle]):
-    __slots__ = ("_metrics", "_model", "_provider", "_series")
+class _DomainTracker(Tracker[H]):
+    """A tracker whose misuse follows its `GatewayMetrics`' mode (strict or lenient)."""
 
-    def __init__(self, metrics: GatewayMetrics, provider: str, model: str) -> None:
+    __slots__ = ("_metrics",)
+    _metric = ""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
         super().__init__(metrics.registry)
         self._metrics = metrics
+
+    def _misuse(self, error: InvalidArgumentError) -> None:
+        self._metrics._dropped(self._metric, error)
+
+
+class _InferenceTracker(_DomainTracker[InferenceHandle]):
+    __slots__ = ("_model", "_provider", "_series")
+    _component = "tracker.inference"
+    _metric = "model_inference_requests_total"
+
+    def __init__(self, metrics: GatewayMetrics, provider: str, model: str) -> None:
+        super().__init__(metrics)
         self._provider = provider
         self._model = model
-        # Resolved now, so bad input raises at the call, before anything is measured.
-        self._series = metrics._families.inference.get((provider, model))
+        # Resolved now, so bad input is reported at the call, before anything is measured.
+        series: _InferenceSeries | None = None
+        try:
+            series = metrics._families.inference.get((provider, model))
+        except Exception as exc:
+            metrics._dropped(self._metric, exc)
+        self._series = series
 
     def _open(self) -> InferenceHandle:
         return InferenceHandle(
             self._metrics, self._series, self._provider, self._model, self._start
         )
+
+    def _detached(self) -> InferenceHandle:
+        return InferenceHandle(self._metrics, None, self._provider, self._model, self._start)
 
     def _close(self, handle: InferenceHandle, duration: float, exc: BaseException | None) -> None:
         handle._finish(duration, exc)
@@ -835,31 +863,46 @@ class _InferenceTracker(Tracker[InferenceHandle]):
 class HTTPRequestHandle:
     """What `with track_http_request(...) as request:` gives the block."""
 
-    __slots__ = ("_status_code", "measured_by_middleware")
+    __slots__ = ("_metrics", "_status_code", "measured_by_middleware")
 
-    def __init__(self, measured_by_middleware: bool) -> None:
+    def __init__(self, metrics: GatewayMetrics, measured_by_middleware: bool) -> None:
+        self._metrics = metrics
         self.measured_by_middleware = measured_by_middleware
-        """True when the middleware already measures this request: nothing is recorded."""
+        """True when nothing is recorded: the middleware of the same registry measures
+        this request (response not complete yet), or the call's labels were invalid."""
         self._status_code: int | None = None
 
     def set_status(self, status_code: int) -> None:
         """The status to record if the block ends without an exception (default 200)."""
-        self._status_code = _status_code(status_code)
+        try:
+            self._status_code = _status_code(status_code)
+        except Exception as exc:
+            self._metrics._dropped("http_requests_total", exc)
 
 
-class _HTTPTracker(Tracker[HTTPRequestHandle]):
-    __slots__ = ("_endpoint", "_families", "_method")
+class _HTTPTracker(_DomainTracker[HTTPRequestHandle]):
+    __slots__ = ("_endpoint", "_method", "_valid")
+    _component = "tracker.http"
+    _metric = "http_requests_total"
 
-    def __init__(self, families: _Families, method: str, endpoint: str) -> None:
-        super().__init__(families.registry)
-        self._families = families
-        clean_label("method", method, required=True)
-        clean_label("endpoint", endpoint, required=True)
+    def __init__(self, metrics: GatewayMetrics, method: str, endpoint: str) -> None:
+        super().__init__(metrics)
+        self._valid = True
+        try:
+            clean_label("method", method, required=True)
+            clean_label("endpoint", endpoint, required=True)
+        except Exception as exc:
+            self._valid = False
+            metrics._dropped(self._metric, exc)
         self._method = method
         self._endpoint = endpoint
 
     def _open(self) -> HTTPRequestHandle:
-        return HTTPRequestHandle(bool(request_measured.get()))
+        skip = not self._valid or measured_here(self._registry)
+        return HTTPRequestHandle(self._metrics, skip)
+
+    def _detached(self) -> HTTPRequestHandle:
+        return HTTPRequestHandle(self._metrics, True)
 
     def _close(self, handle: HTTPRequestHandle, duration: float, exc: BaseException | None) -> None:
         if handle.measured_by_middleware:
@@ -872,22 +915,34 @@ class _HTTPTracker(Tracker[HTTPRequestHandle]):
             code = 500
             if isinstance(carried, int) and not isinstance(carried, bool) and 100 <= carried <= 599:
                 code = int(carried)
-        series = self._families.http.get((self._method, self._endpoint))
+        series = self._metrics._families.http.get((self._method, self._endpoint))
         series.requests(code).inc()
         series.duration.observe(duration)
 
 
-class _DatabaseTracker(Tracker[None]):
+class _DatabaseTracker(_DomainTracker[None]):
     __slots__ = ("_children",)
+    _component = "tracker.database"
+    _metric = "database_queries_total"
 
-    def __init__(self, families: _Families, table: str, operation: str) -> None:
-        super().__init__(families.registry)
-        self._children = families.database.get((table, operation))
+    def __init__(self, metrics: GatewayMetrics, table: str, operation: str) -> None:
+        super().__init__(metrics)
+        children: tuple[Counter, Histogram] | None = None
+        try:
+            children = metrics._families.database.get((table, operation))
+        except Exception as exc:
+            metrics._dropped(self._metric, exc)
+        self._children = children
 
     def _open(self) -> None:
         return None
 
+    def _detached(self) -> None:
+        return None
+
     def _close(self, handle: None, duration: float, exc: BaseException | None) -> None:
+        if self._children is None:
+            return
         count, histogram = self._children
         count.inc()
         histogram.observe(duration)
@@ -902,9 +957,17 @@ class GatewayMetrics:
     Several instances on one registry share the same families (and caps, and
     callbacks); an instance asking for a different configuration than the one the
     registry already has raises `ValueError` naming the difference.
+
+    Recording never raises at run time (the OpenTelemetry API rule): a call with an
+    invalid value records nothing of that call, counts the drop in
+    `gatewayz_metrics_invalid_values_total{metric, argument}` and logs it once per kind.
+    With `strict=True`, or `GATEWAYZ_METRICS_STRICT=1` in the environment, it raises the
+    `ValueError`/`TypeError` instead: use it in test suites. `None` for a token count
+    (or any other recorded value) means "not reported": that part is not recorded, in
+    both modes. Configuration errors always raise here, at construction.
     """
 
-    __slots__ = ("_families", "registry")
+    __slots__ = ("_families", "_strict", "registry")
 
     def __init__(
         self,
@@ -916,8 +979,12 @@ class GatewayMetrics:
         database_query_duration_buckets: Sequence[float] | None = None,
         label_caps: Mapping[str, int] | None = None,
         secret_detector: SecretDetector | None = None,
+        strict: bool = False,
     ) -> None:
         self.registry = resolve_registry(registry)
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool, got {strict!r}")
+        self._strict = strict or strict_from_env()
         asked_buckets = {
             "inference_duration_buckets": _buckets(
                 "inference_duration_buckets", inference_duration_buckets
@@ -975,6 +1042,23 @@ class GatewayMetrics:
                 "Use one definition per registry."
             )
         self._families = families
+        # The self-metrics exist at 0 from the start, so rate() sees the first fault.
+        create_self_metrics(self.registry, invalid=_INVALID_SERIES)
+
+    @property
+    def strict(self) -> bool:
+        """Whether an invalid value raises (True) or is dropped and counted (False)."""
+        return self._strict
+
+    def _dropped(self, metric: str, exc: Exception) -> None:
+        """A recording call failed: an invalid value raises in strict mode and is
+        counted otherwise; a fault of ours is counted and never raised."""
+        if isinstance(exc, InvalidArgumentError):
+            if self._strict:
+                raise exc
+            report_invalid_value(self.registry, metric, exc.argument, exc)
+        else:
+            report_internal_error(self.registry, "recording", exc)
 
     @staticmethod
     def _check_caps(label_caps: Mapping[str, int] | None) -> dict[str, int]:
@@ -1006,7 +1090,7 @@ class GatewayMetrics:
         """Time a request handled outside the middleware: `http_requests_total` and
         `http_request_duration_seconds`. Inside a request the middleware already
         measures, it records nothing, so the request is never counted twice."""
-        return _HTTPTracker(self._families, method, endpoint)
+        return _HTTPTracker(self, method, endpoint)
 
     def track_model_inference(self, provider: str, model: str) -> Tracker[InferenceHandle]:
         """Time an inference call and record its outcome; see `InferenceHandle`."""
@@ -1014,108 +1098,163 @@ class GatewayMetrics:
 
     def track_database_query(self, table: str, operation: str) -> Tracker[None]:
         """Count and time a database query (failed ones included)."""
-        return _DatabaseTracker(self._families, table, operation)
+        return _DatabaseTracker(self, table, operation)
 
     # --- record_* ------------------------------------------------------------------
 
     def record_tokens_used(
-        self, provider: str, model: str, input_tokens: int, output_tokens: int
+        self, provider: str, model: str, input_tokens: int | None, output_tokens: int | None
     ) -> None:
-        """Add to `tokens_used_total{token_type="input"|"output"}`."""
-        if not (type(input_tokens) is int and input_tokens >= 0):
-            input_tokens = _count("input_tokens", input_tokens)
-        if not (type(output_tokens) is int and output_tokens >= 0):
-            output_tokens = _count("output_tokens", output_tokens)
-        input_child, output_child = self._families.tokens.get((provider, model))
-        if input_tokens:
-            input_child.inc(input_tokens)
-        if output_tokens:
-            output_child.inc(output_tokens)
+        """Add to `tokens_used_total{token_type="input"|"output"}`; a `None` count was not
+        reported by the provider and is not recorded."""
+        try:
+            # The common case (a plain, sane int) costs two comparisons; None is "not reported".
+            if input_tokens is not None and not (
+                type(input_tokens) is int and 0 <= input_tokens <= MAX_COUNT
+            ):
+                input_tokens = _count("input_tokens", input_tokens)
+            if output_tokens is not None and not (
+                type(output_tokens) is int and 0 <= output_tokens <= MAX_COUNT
+            ):
+                output_tokens = _count("output_tokens", output_tokens)
+            input_child, output_child = self._families.tokens.get((provider, model))
+            if input_tokens:
+                input_child.inc(input_tokens)
+            if output_tokens:
+                output_child.inc(output_tokens)
+        except Exception as exc:
+            self._dropped("tokens_used_total", exc)
 
-    def record_credits_used(self, provider: str, model: str, user_id: str, credits: float) -> None:
-        """Add to `credits_used_total`; a secret-looking `user_id` is fingerprinted."""
-        amount = _number("credits", credits)
-        self._families.credits.get((provider, model, user_id)).inc(amount)
+    def record_credits_used(
+        self, provider: str, model: str, user_id: str, credits: float | None
+    ) -> None:
+        """Add to `credits_used_total`; a secret-looking `user_id` is fingerprinted.
+        `credits=None` (not reported) records nothing."""
+        try:
+            amount = None if credits is None else _number("credits", credits)
+            child = self._families.credits.get((provider, model, user_id))
+            if amount:
+                child.inc(amount)
+        except Exception as exc:
+            self._dropped("credits_used_total", exc)
 
     def record_cache_hit(self, cache_name: str) -> None:
         """Add one to `cache_hits_total`."""
-        self._families.hits.get((cache_name,)).inc()
+        try:
+            self._families.hits.get((cache_name,)).inc()
+        except Exception as exc:
+            self._dropped("cache_hits_total", exc)
 
     def record_cache_miss(self, cache_name: str) -> None:
         """Add one to `cache_misses_total`."""
-        self._families.misses.get((cache_name,)).inc()
+        try:
+            self._families.misses.get((cache_name,)).inc()
+        except Exception as exc:
+            self._dropped("cache_misses_total", exc)
 
     def record_rate_limited(self, limit_type: str) -> None:
         """Add one to `rate_limited_requests_total`."""
-        self._families.limited.get((limit_type,)).inc()
+        try:
+            self._families.limited.get((limit_type,)).inc()
+        except Exception as exc:
+            self._dropped("rate_limited_requests_total", exc)
 
     def record_api_key_usage(self, api_key_id: str, status: str) -> None:
         """Add one to `api_key_usage_total`; a secret-looking key id is fingerprinted."""
-        self._families.key_usage.get((api_key_id, status)).inc()
+        try:
+            self._families.key_usage.get((api_key_id, status)).inc()
+        except Exception as exc:
+            self._dropped("api_key_usage_total", exc)
 
     # --- set_* ---------------------------------------------------------------------
 
-    def set_cache_size(self, cache_name: str, size_bytes: int) -> None:
-        """Set `cache_size_bytes` (this process's share; summed over live processes)."""
-        self._families.gauges["cache_size_bytes"].set(cache_name, _count("size_bytes", size_bytes))
+    def _set(
+        self,
+        family: str,
+        label_value: object,
+        argument: str,
+        value: object,
+        check: Callable[[str, object], float],
+    ) -> None:
+        """Set one gauge child; `None` (not reported) leaves it as it is."""
+        try:
+            if value is None:
+                return
+            self._families.gauges[family].set(label_value, check(argument, value))
+        except Exception as exc:
+            self._dropped(family, exc)
 
-    def set_rate_limit_remaining(self, limit_type: str, remaining: float) -> None:
+    def set_cache_size(self, cache_name: str, size_bytes: int | None) -> None:
+        """Set `cache_size_bytes` (this process's share; summed over live processes)."""
+        self._set("cache_size_bytes", cache_name, "size_bytes", size_bytes, _count)
+
+    def set_rate_limit_remaining(self, limit_type: str, remaining: float | None) -> None:
         """Set `current_rate_limit`, the requests left in the current window."""
-        self._families.gauges["current_rate_limit"].set(limit_type, _number("remaining", remaining))
+        self._set("current_rate_limit", limit_type, "remaining", remaining, _number)
 
     def set_provider_health(
         self,
         provider: str,
         *,
-        available: bool | float,
+        available: bool | float | None,
         error_rate: float | None = None,
         response_time: float | None = None,
     ) -> None:
-        """Set the provider health gauges (all arguments are checked before any is set).
+        """Set the provider health gauges (all arguments are checked before any is set;
+        a `None` value is left as it is).
 
         These are snapshots of whoever set them last; for the error ratio prefer
         `rate(model_inference_requests_total{status!="success"}[5m])`, which every
         worker contributes to.
         """
-        up = _availability("available", available)
-        errors = None if error_rate is None else _number("error_rate", error_rate, maximum=1.0)
-        seconds = None if response_time is None else _number("response_time", response_time)
-        gauges = self._families.gauges
-        # The first set validates `provider`, so bad input still changes nothing.
-        gauges["provider_availability"].set(provider, up)
-        if errors is not None:
-            gauges["provider_error_rate"].set(provider, errors)
-        if seconds is not None:
-            gauges["provider_response_time_seconds"].set(provider, seconds)
+        try:
+            up = None if available is None else _availability("available", available)
+            errors = None if error_rate is None else _fraction("error_rate", error_rate)
+            seconds = None if response_time is None else _number("response_time", response_time)
+            gauges = self._families.gauges
+            # Resolving the label first validates `provider`, so bad input changes nothing.
+            gauges["provider_availability"].children.get((provider,))
+            if up is not None:
+                gauges["provider_availability"].set(provider, up)
+            if errors is not None:
+                gauges["provider_error_rate"].set(provider, errors)
+            if seconds is not None:
+                gauges["provider_response_time_seconds"].set(provider, seconds)
+        except Exception as exc:
+            self._dropped("provider_availability", exc)
 
-    def set_active_api_keys(self, *, active: int, inactive: int) -> None:
+    def set_active_api_keys(self, *, active: int | None, inactive: int | None) -> None:
         """Set `active_api_keys{status="active"}` and `{status="inactive"}`."""
-        on, off = _count("active", active), _count("inactive", inactive)
-        family = self._families.gauges["active_api_keys"]
-        family.set("active", on)
-        family.set("inactive", off)
+        try:
+            on = None if active is None else _count("active", active)
+            off = None if inactive is None else _count("inactive", inactive)
+            family = self._families.gauges["active_api_keys"]
+            if on is not None:
+                family.set("active", on)
+            if off is not None:
+                family.set("inactive", off)
+        except Exception as exc:
+            self._dropped("active_api_keys", exc)
 
-    def set_user_credit_balance(self, user_id: str, balance: float) -> None:
+    def set_user_credit_balance(self, user_id: str, balance: float | None) -> None:
         """Set `user_credit_balance` (may be negative); a secret-looking id is fingerprinted."""
-        self._families.gauges["user_credit_balance"].set(
-            user_id, _number("balance", balance, minimum=None)
-        )
+        self._set("user_credit_balance", user_id, "balance", balance, _signed)
 
-    def set_trial_active(self, status: str, count: int) -> None:
+    def set_trial_active(self, status: str, count: int | None) -> None:
         """Set `trial_active{status}`."""
-        self._families.gauges["trial_active"].set(status, _count("count", count))
+        self._set("trial_active", status, "count", count, _count)
 
-    def set_subscription_count(self, plan: str, count: int) -> None:
+    def set_subscription_count(self, plan: str, count: int | None) -> None:
         """Set `subscription_count{plan}` (name kept from the source document)."""
-        self._families.gauges["subscription_count"].set(plan, _count("count", count))
+        self._set("subscription_count", plan, "count", count, _count)
 
-    def set_active_connections(self, connection_type: str, count: int) -> None:
+    def set_active_connections(self, connection_type: str, count: int | None) -> None:
         """Set `active_connections{connection_type}` (summed over live processes)."""
-        self._families.gauges["active_connections"].set(connection_type, _count("count", count))
+        self._set("active_connections", connection_type, "count", count, _count)
 
-    def set_queue_size(self, queue: str, size: int) -> None:
+    def set_queue_size(self, queue: str, size: int | None) -> None:
         """Set `queue_size{queue}` (summed over live processes)."""
-        self._families.gauges["queue_size"].set(queue, _count("size", size))
+        self._set("queue_size", queue, "size", size, _count)
 
     # --- scrape-time callbacks -------------------------------------------------------
 
@@ -1131,6 +1270,8 @@ class GatewayMetrics:
             raise ValueError(f"family must be one of {GAUGE_FAMILIES}, got {family!r}")
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
+        # Its fault series exists at 0 from now on, so that rate() sees the first fault.
+        create_self_metrics(self.registry, components=(f"callback:{family}",))
         self._families.gauges[family].callback = callback
 
     def clear_gauge_callback(self, family: str) -> None:
@@ -1153,7 +1294,17 @@ def default_metrics() -> GatewayMetrics:
     if metrics is None:
         with _default_lock:
             if _default is None:
-                _default = GatewayMetrics()
+                try:
+                    _default = GatewayMetrics()
+                except Exception as exc:
+                    # The default registry refuses our families (a metric of the same name
+                    # is already there): the module-level helpers would raise into every
+                    # request that records. Strict mode raises; otherwise they record into
+                    # a private registry that nothing exposes, and the fault is logged.
+                    if strict_from_env():
+                        raise
+                    report_internal_error(REGISTRY, "recording", exc)
+                    _default = GatewayMetrics(CollectorRegistry())
             metrics = _default
     return metrics
 
@@ -1173,12 +1324,14 @@ def track_database_query(table: str, operation: str) -> Tracker[None]:
     return (_default or default_metrics()).track_database_query(table, operation)
 
 
-def record_tokens_used(provider: str, model: str, input_tokens: int, output_tokens: int) -> None:
+def record_tokens_used(
+    provider: str, model: str, input_tokens: int | None, output_tokens: int | None
+) -> None:
     """`GatewayMetrics.record_tokens_used` on the default registry."""
     (_default or default_metrics()).record_tokens_used(provider, model, input_tokens, output_tokens)
 
 
-def record_credits_used(provider: str, model: str, user_id: str, credits: float) -> None:
+def record_credits_used(provider: str, model: str, user_id: str, credits: float | None) -> None:
     """`GatewayMetrics.record_credits_used` on the default registry."""
     (_default or default_metrics()).record_credits_used(provider, model, user_id, credits)
 
@@ -1203,12 +1356,12 @@ def record_api_key_usage(api_key_id: str, status: str) -> None:
     (_default or default_metrics()).record_api_key_usage(api_key_id, status)
 
 
-def set_cache_size(cache_name: str, size_bytes: int) -> None:
+def set_cache_size(cache_name: str, size_bytes: int | None) -> None:
     """`GatewayMetrics.set_cache_size` on the default registry."""
     (_default or default_metrics()).set_cache_size(cache_name, size_bytes)
 
 
-def set_rate_limit_remaining(limit_type: str, remaining: float) -> None:
+def set_rate_limit_remaining(limit_type: str, remaining: float | None) -> None:
     """`GatewayMetrics.set_rate_limit_remaining` on the default registry."""
     (_default or default_metrics()).set_rate_limit_remaining(limit_type, remaining)
 
@@ -1216,7 +1369,7 @@ def set_rate_limit_remaining(limit_type: str, remaining: float) -> None:
 def set_provider_health(
     provider: str,
     *,
-    available: bool | float,
+    available: bool | float | None,
     error_rate: float | None = None,
     response_time: float | None = None,
 ) -> None:
@@ -1226,31 +1379,31 @@ def set_provider_health(
     )
 
 
-def set_active_api_keys(*, active: int, inactive: int) -> None:
+def set_active_api_keys(*, active: int | None, inactive: int | None) -> None:
     """`GatewayMetrics.set_active_api_keys` on the default registry."""
     (_default or default_metrics()).set_active_api_keys(active=active, inactive=inactive)
 
 
-def set_user_credit_balance(user_id: str, balance: float) -> None:
+def set_user_credit_balance(user_id: str, balance: float | None) -> None:
     """`GatewayMetrics.set_user_credit_balance` on the default registry."""
     (_default or default_metrics()).set_user_credit_balance(user_id, balance)
 
 
-def set_trial_active(status: str, count: int) -> None:
+def set_trial_active(status: str, count: int | None) -> None:
     """`GatewayMetrics.set_trial_active` on the default registry."""
     (_default or default_metrics()).set_trial_active(status, count)
 
 
-def set_subscription_count(plan: str, count: int) -> None:
+def set_subscription_count(plan: str, count: int | None) -> None:
     """`GatewayMetrics.set_subscription_count` on the default registry."""
     (_default or default_metrics()).set_subscription_count(plan, count)
 
 
-def set_active_connections(connection_type: str, count: int) -> None:
+def set_active_connections(connection_type: str, count: int | None) -> None:
     """`GatewayMetrics.set_active_connections` on the default registry."""
     (_default or default_metrics()).set_active_connections(connection_type, count)
 
 
-def set_queue_size(queue: str, size: int) -> None:
+def set_queue_size(queue: str, size: int | None) -> None:
     """`GatewayMetrics.set_queue_size` on the default registry."""
     (_default or default_metrics()).set_queue_size(queue, size)

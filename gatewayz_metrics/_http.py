@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gatewayz_metrics._cardinality import BoundedLabel
+from gatewayz_metrics._internal import create_self_metrics
 from gatewayz_metrics._registry import get_or_create
 
 DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
@@ -34,13 +35,56 @@ OTHER_METHOD = "OTHER"
 STANDARD_METHODS: dict[str, str] = {
     m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 }
+_METHOD_LABELS: dict[object, str] = {m: m for m in STANDARD_METHODS}
 
-# The registries whose middleware is measuring the current request: `track_http_request`
-# inside a handler does not count the request a second time, and a second middleware on
-# the same registry (stacked twice by mistake) passes the request through.
-request_measured: ContextVar[tuple[CollectorRegistry, ...]] = ContextVar(
+
+def method_label(method: object) -> str:
+    """The `method` label of a request: the method itself if standard, else `OTHER`.
+
+    One rule for the middleware and `track_http_request`. Methods are case-sensitive
+    (RFC 9110), so `get` is `OTHER`, as the OpenTelemetry HTTP conventions have it.
+    """
+    try:
+        return _METHOD_LABELS.get(method, OTHER_METHOD)
+    except TypeError:  # unhashable: not a method
+        return OTHER_METHOD
+
+
+class Measurement:
+    """One request that a middleware is measuring, as seen by code running inside it.
+
+    `complete` turns true when the last byte of the response is sent: work the request
+    spawned (a `BackgroundTask`, `asyncio.create_task`) inherits the context variable
+    below but is no longer part of that request.
+    """
+
+    __slots__ = ("complete", "registry")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.complete = False
+
+
+# The requests whose middleware is measuring the current code: `track_http_request`
+# inside a handler does not count the request a second time when the middleware of its
+# own registry measures it and the response is not complete yet.
+request_measured: ContextVar[tuple[Measurement, ...]] = ContextVar(
     "gatewayz_metrics_request_measured", default=()
 )
+
+MEASURED_SCOPE_KEY = "gatewayz_metrics.measured_by"
+"""Scope key holding the registries whose middleware measures this request. It travels
+with the scope (and its copies) down the stack: a second middleware on the same registry
+passes the request through, while a new request made in-process (`httpx.ASGITransport`
+to a wrapped app) has a scope of its own and is measured."""
+
+
+def measured_here(registry: CollectorRegistry) -> bool:
+    """Whether `registry`'s middleware measures the running request, response not complete."""
+    for measurement in request_measured.get():
+        if measurement.registry is registry and not measurement.complete:
+            return True
+    return False
 
 
 def check_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
@@ -85,6 +129,8 @@ class HTTPMetrics:
         max_endpoints: int,
     ) -> None:
         self.registry = registry
+        # The self-metrics exist at 0 from the start, so rate() sees the first fault.
+        create_self_metrics(registry)
         self.duration_buckets = duration_buckets
         self.ttfb_buckets = ttfb_buckets
         self.endpoint_label = BoundedLabel(

@@ -1,9 +1,18 @@
-"""Self-observation: faults inside our own bookkeeping are logged once and counted."""
+"""Self-observation: faults inside our own bookkeeping are logged once and counted.
+
+One logger, one log-once, and the three self-metrics:
+`gatewayz_metrics_internal_errors_total{component}` (a fault of ours, the request went on),
+`gatewayz_metrics_label_overflow_total{metric, label}` (a value folded into `__other__`) and
+`gatewayz_metrics_invalid_values_total{metric, argument}` (a recording call dropped because
+the application passed an invalid value). Their known series are created at 0 with the
+metrics they watch, so that `rate()` and `increase()` see the very first fault.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -11,22 +20,93 @@ from gatewayz_metrics._registry import get_or_create
 
 logger = logging.getLogger("gatewayz_metrics")
 
-_logged: set[tuple[str, str]] = set()
+KNOWN_COMPONENTS: tuple[str, ...] = (
+    "middleware.in_progress",
+    "middleware.receive",
+    "middleware.send",
+    "middleware.record",
+    "middleware.discover",
+    "tracker.inference",
+    "tracker.http",
+    "tracker.database",
+    "recording",
+)
+"""Components whose `internal_errors_total` series exist from the start."""
+
+_logged: set[tuple[str, ...]] = set()
 _logged_lock = threading.Lock()
+
+
+def log_once(kind: tuple[str, ...]) -> bool:
+    """True the first time `kind` is seen in this process: the caller logs it then."""
+    if kind in _logged:  # unlocked fast path: set membership is atomic under the GIL
+        return False
+    with _logged_lock:
+        if kind in _logged:
+            return False
+        _logged.add(kind)
+    return True
+
+
+def _self_counter(
+    registry: CollectorRegistry, key: str, name: str, documentation: str, labels: list[str]
+) -> Counter:
+    return get_or_create(
+        registry,
+        key,
+        lambda: Counter(name, documentation, labels, registry=registry),
+    )
 
 
 def internal_errors(registry: CollectorRegistry) -> Counter:
     """The `gatewayz_metrics_internal_errors_total{component}` counter of `registry`."""
-    return get_or_create(
+    return _self_counter(
         registry,
         "internal_errors",
-        lambda: Counter(
-            "gatewayz_metrics_internal_errors",
-            "Faults inside gatewayz-metrics' own bookkeeping; the observed request went on.",
-            ["component"],
-            registry=registry,
-        ),
+        "gatewayz_metrics_internal_errors",
+        "Faults inside gatewayz-metrics' own bookkeeping; the observed request went on.",
+        ["component"],
     )
+
+
+def label_overflow_total(registry: CollectorRegistry) -> Counter:
+    """The `gatewayz_metrics_label_overflow_total{metric, label}` counter of `registry`."""
+    return _self_counter(
+        registry,
+        "label_overflow",
+        "gatewayz_metrics_label_overflow",
+        "Observations whose label value was folded into __other__ because the label "
+        "reached its cap of distinct values.",
+        ["metric", "label"],
+    )
+
+
+def invalid_values_total(registry: CollectorRegistry) -> Counter:
+    """The `gatewayz_metrics_invalid_values_total{metric, argument}` counter of `registry`."""
+    return _self_counter(
+        registry,
+        "invalid_values",
+        "gatewayz_metrics_invalid_values",
+        "Recording calls dropped because the application passed an invalid value "
+        "(strict mode raises instead); nothing of the call was recorded.",
+        ["metric", "argument"],
+    )
+
+
+def create_self_metrics(
+    registry: CollectorRegistry,
+    *,
+    components: Iterable[str] = KNOWN_COMPONENTS,
+    invalid: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Create the self-metric series that can be named in advance, at 0."""
+    errors = internal_errors(registry)
+    for component in components:
+        errors.labels(component)
+    label_overflow_total(registry)
+    dropped = invalid_values_total(registry)
+    for metric, argument in invalid:
+        dropped.labels(metric, argument)
 
 
 def report_internal_error(registry: CollectorRegistry, component: str, exc: BaseException) -> None:
@@ -36,15 +116,33 @@ def report_internal_error(registry: CollectorRegistry, component: str, exc: Base
     """
     try:
         internal_errors(registry).labels(component).inc()
-        kind = (component, type(exc).__qualname__)
-        with _logged_lock:
-            if kind in _logged:
-                return
-            _logged.add(kind)
-        logger.error(
-            "gatewayz-metrics: internal error in %s (logged once per kind; the request went on)",
-            component,
-            exc_info=exc,
-        )
+        if log_once(("internal", component, type(exc).__qualname__)):
+            logger.error(
+                "gatewayz-metrics: internal error in %s (logged once per kind; the request "
+                "went on)",
+                component,
+                exc_info=exc,
+            )
+    except Exception:  # pragma: no cover - last line of defence
+        pass
+
+
+def report_invalid_value(
+    registry: CollectorRegistry, metric: str, argument: str, exc: BaseException
+) -> None:
+    """Count a recording call dropped for an invalid value; log it once per kind.
+
+    The log line carries the message strict mode would raise. Never raises.
+    """
+    try:
+        invalid_values_total(registry).labels(metric, argument).inc()
+        if log_once(("invalid", metric, argument, type(exc).__qualname__)):
+            logger.warning(
+                "gatewayz-metrics: dropped a %s recording: %s (logged once per kind; counted "
+                "in gatewayz_metrics_invalid_values_total; set GATEWAYZ_METRICS_STRICT=1 to "
+                "raise instead)",
+                metric,
+                exc,
+            )
     except Exception:  # pragma: no cover - last line of defence
         pass

@@ -6,6 +6,7 @@ It runs once per distinct value (callers cache the result), so it may afford a h
 from __future__ import annotations
 
 from gatewayz_metrics._secrets import SecretDetector, fingerprint
+from gatewayz_metrics._validation import InvalidTypeError, InvalidValueError, shown
 
 MAX_LABEL_LENGTH = 128
 """Longest label value kept as is; longer ones are cut and suffixed with a fingerprint."""
@@ -16,8 +17,10 @@ _KEPT_PREFIX = MAX_LABEL_LENGTH - 1 - len(fingerprint(""))
 def check_str(argument: str, value: object, *, show_value: bool = True) -> str:
     """Return `value` if it is a `str`, else raise a `TypeError` naming `argument`."""
     if not isinstance(value, str):
-        shown = f" {value!r}" if show_value else ""
-        raise TypeError(f"{argument} must be a str, got {type(value).__name__}{shown}")
+        text = f" {shown(value)}" if show_value else ""
+        raise InvalidTypeError(
+            argument, f"{argument} must be a str, got {type(value).__name__}{text}"
+        )
     return value
 
 
@@ -40,7 +43,7 @@ def clean_label(
     # The value of a label that may carry secrets stays out of error messages (and logs).
     raw = check_str(argument, value, show_value=secret_detector is None)
     if required and not raw.strip():
-        raise ValueError(f"{argument} must be a non-empty string, got {raw!r}")
+        raise InvalidValueError(argument, f"{argument} must be a non-empty string, got {raw!r}")
     # A value too long to keep whole would show its start: for a label that may carry a
     # credential, that start could be the credential. And the detector never has to scan
     # a hostile megabyte on the event loop.

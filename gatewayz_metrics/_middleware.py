@@ -13,10 +13,11 @@ from prometheus_client import CollectorRegistry
 from gatewayz_metrics._aio import is_cancellation
 from gatewayz_metrics._exposition import BEARER_TOKEN_ENV, MetricsApp, check_token
 from gatewayz_metrics._http import (
-    OTHER_METHOD,
-    STANDARD_METHODS,
+    MEASURED_SCOPE_KEY,
     UNMATCHED_ENDPOINT,
     HTTPMetrics,
+    Measurement,
+    method_label,
     request_measured,
 )
 from gatewayz_metrics._internal import report_internal_error
@@ -102,6 +103,7 @@ class PrometheusMiddleware:
         # awareness for the default registry.
         self._own_metrics_app = MetricsApp(registry, bearer_token=bearer_token)
         self._route_resolver = route_resolver
+        self._measured_by_us = (self.registry,)
         self._templates = TemplateIndex()
         # Per application object, surveyed at its first request (every route exists by
         # then; with a token, at the end of lifespan start-up too): where metrics are served.
@@ -152,15 +154,14 @@ class PrometheusMiddleware:
             await self.app(scope, receive, send)
             return
 
-        measuring = request_measured.get()
-        if measuring and self.registry in measuring:
+        measured_by = scope.get(MEASURED_SCOPE_KEY, ())
+        if self.registry in measured_by:
             # The same registry is already measuring this request (the middleware was
             # added twice): counting it again would double every number.
             await self.app(scope, receive, send)
             return
 
-        verb = scope.get("method")
-        method = STANDARD_METHODS.get(verb, OTHER_METHOD) if isinstance(verb, str) else OTHER_METHOD
+        method = method_label(scope.get("method"))
         # Routing below the middleware is what names the route: the app wrapped (not
         # `scope["app"]`, the outermost application when this one is mounted), the
         # prefix as seen from here, and what a router above had already recorded.
@@ -169,7 +170,7 @@ class PrometheusMiddleware:
         if not self._prepared:
             self._prepare()
         metrics = self._metrics
-        in_progress = metrics.in_progress_gauge(method)
+        measurement = Measurement(self.registry)
         start = perf_counter()
         status: Any = None
         response_start = 0.0
@@ -231,9 +232,24 @@ class PrometheusMiddleware:
                 raise
             if last:
                 response_end = perf_counter()
+                measurement.complete = True
 
-        in_progress.inc()
-        token = request_measured.set((*measuring, self.registry))
+        # Our bookkeeping never fails a request: the gauge's child may need a file in
+        # multiprocess mode (a full disk, a removed directory). A try costs nothing
+        # until it catches.
+        try:
+            in_progress = metrics.in_progress_gauge(method)
+            in_progress.inc()
+        except Exception as exc:
+            in_progress = None
+            report_internal_error(metrics.registry, "middleware.in_progress", exc)
+        try:
+            scope[MEASURED_SCOPE_KEY] = (
+                (*measured_by, self.registry) if measured_by else self._measured_by_us
+            )
+        except Exception as exc:  # a read-only scope: the stacked-twice guard is lost, no more
+            report_internal_error(metrics.registry, "middleware.record", exc)
+        token = request_measured.set((*request_measured.get(), measurement))
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
         except BaseException as exc:
@@ -243,8 +259,13 @@ class PrometheusMiddleware:
                 client_gone = client_gone or not response_end
             raise
         finally:
+            measurement.complete = True
             request_measured.reset(token)
-            in_progress.dec()
+            if in_progress is not None:
+                try:
+                    in_progress.dec()
+                except Exception as exc:
+                    report_internal_error(metrics.registry, "middleware.in_progress", exc)
             try:
                 end = response_end or perf_counter()
                 if client_gone and not response_end:

@@ -54,11 +54,48 @@ _MIN_TOKEN_LENGTH = 20
 _MIN_ALNUM = 16
 _MIN_CLASS_SWITCH_RATIO = 0.2
 _MIN_ENTROPY_BITS = 3.0
-_AUTH_SCHEMES = ("bearer ", "basic ", "token ")
+_MIN_CREDENTIAL_AFTER_SCHEME = 7
+_MAX_SCANNED = 1024
+AUTH_SCHEMES: frozenset[str] = frozenset(
+    {
+        "bearer",
+        "basic",
+        "token",
+        "apikey",
+        "api-key",
+        "api_key",
+        "x-api-key",
+        "key",
+        "digest",
+        "bot",
+        "sso-key",
+        "access_token",
+        "auth",
+        "authorization",
+        "secret",
+        "password",
+    }
+)
+"""Words that announce a credential (`Authorization` schemes, `key=` and the like): the
+token after one is a secret whatever it looks like."""
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.+/=~:]+")
 _OWN_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{12}")
 _HEX = re.compile(r"(?=[0-9a-fA-F]*[0-9])(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Tokens are separated by whitespace and list punctuation; quotes, brackets and sentence
+# punctuation around a token are wrapping, not part of it. `=` stays: base64 padding.
+_SEPARATORS = re.compile(r"[\s,;|]+")
+_WRAPPING = "\"'`<>()[]{}!?.*#&"
+_PARTS = re.compile(r"[:=/@]+")
+_NEEDS_SCAN = re.compile(r"[\s,;|\"'`<>()\[\]{}!?.*#&:=/@]")
+_LONGEST_SCHEME = max(len(scheme) for scheme in AUTH_SCHEMES)
+_SHORTEST_SCHEME = min(len(scheme) for scheme in AUTH_SCHEMES)
+# The shortest token any rule can flag: a prefix + 8 characters (`sk-` + 8), or a scheme
+# word, `=` and a 7-character credential (`key=` + 7).
+_SHORTEST_SECRET = min(
+    min(len(prefix) for prefix in SECRET_PREFIXES) + _MIN_CHARS_AFTER_PREFIX,
+    min(len(scheme) for scheme in AUTH_SCHEMES) + 1 + _MIN_CREDENTIAL_AFTER_SCHEME,
+)
 
 
 def fingerprint(value: str) -> str:
@@ -85,19 +122,58 @@ def looks_like_secret(value: str) -> bool:
     """The default rule: does `value` look like an API key, token or password hash?
 
     True for values that start with a well-known credential prefix (`sk-`, `ghp_`, `AKIA`,
-    `eyJ` of a JWT, `Bearer `...) followed by at least eight characters, and for long
-    random-looking tokens: at least 20 token characters (letters, digits, `_-.+/=~:`) whose
-    character class (digit, lower case, upper case) switches often, as it does in random
-    base62/base64 but not in readable ids such as `tenant_12345_project_67890`, and 20+ hex
-    digits that mix digits and letters.
-    Canonical (dashed) UUIDs, `user123` and `key_42` stay readable.
+    `eyJ` of a JWT...) followed by at least eight characters, for a credential after an
+    auth scheme or key word (`Bearer`, `Basic`, `Token`, `ApiKey`, `Api-Key`, `Key`,
+    `key=`...), and for long random-looking tokens: at least 20 token characters (letters,
+    digits, `_-.+/=~:`) whose character class (digit, lower case, upper case) switches
+    often, as it does in random base62/base64 but not in readable ids such as
+    `tenant_12345_project_67890`, and 20+ hex digits that mix digits and letters.
+
+    The value is judged whole and token by token: quotes, brackets, whitespace and
+    punctuation around a token (`"<key>"`, `<key>!`, `<key> `) and `name=`/`name:` before
+    it do not hide it. Canonical (dashed) UUIDs, `user123` and `key_42` stay readable.
+    Values longer than 1024 characters are not scanned: they count as secrets.
     """
+    if _looks_like_token(value):
+        return True
+    if len(value) > _MAX_SCANNED:
+        return True
+    if not _NEEDS_SCAN.search(value):
+        return False  # one bare token, judged above: the common case stays cheap
+    tokens = [token.strip(_WRAPPING) for token in _SEPARATORS.split(value)]
+    tokens = [token for token in tokens if token]
+    for index, token in enumerate(tokens):
+        size = len(token)
+        if size < _SHORTEST_SCHEME:
+            continue
+        if size <= _LONGEST_SCHEME + 1 and token.rstrip(":=").lower() in AUTH_SCHEMES:
+            after = tokens[index + 1] if index + 1 < len(tokens) else ""
+            if len(after) >= _MIN_CREDENTIAL_AFTER_SCHEME:
+                return True
+            continue
+        if size < _SHORTEST_SECRET:
+            continue  # too short for any rule below, and for `name=` + a credential
+        if token != value and _looks_like_token(token):
+            return True
+        parts = [part.strip(_WRAPPING) for part in _PARTS.split(token)]
+        if len(parts) > 1:
+            head = parts[0].lower()
+            rest = token[len(parts[0]) :].lstrip(":=/@").strip(_WRAPPING)
+            if head in AUTH_SCHEMES and len(rest) >= _MIN_CREDENTIAL_AFTER_SCHEME:
+                return True  # key=abc1234, Bearer:abc1234
+            if not _OWN_FINGERPRINT.fullmatch(token) and any(
+                _looks_like_token(part) for part in parts if len(part) >= _SHORTEST_SECRET
+            ):
+                return True
+    return False
+
+
+def _looks_like_token(value: str) -> bool:
+    """Does one token (no surrounding wrapping) look like a credential?"""
     if value.startswith(SECRET_PREFIXES):
         prefix_len = next(len(p) for p in SECRET_PREFIXES if value.startswith(p))
         if len(value) >= prefix_len + _MIN_CHARS_AFTER_PREFIX:
             return True
-    if value[:7].lower().startswith(_AUTH_SCHEMES) and len(value) >= 14:
-        return True
     if len(value) < _MIN_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(value):
         return False
     if _UUID.fullmatch(value) or _OWN_FINGERPRINT.fullmatch(value):

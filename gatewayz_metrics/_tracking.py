@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar, cast
 from prometheus_client import CollectorRegistry
 
 from gatewayz_metrics._internal import report_internal_error
+from gatewayz_metrics._validation import InvalidArgumentError, InvalidCallError
 
 H = TypeVar("H")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,15 +70,23 @@ class Tracker(Generic[H]):
     """Times one block per `with`; as a decorator, one block per call.
 
     One tracker object measures one block at a time: `with t: ... with t: ...` in
-    sequence is fine, overlapping use of the same object raises `RuntimeError`. As a
-    decorator it is copied per call, so concurrent calls never share state.
+    sequence is fine. Overlapping use of the same object is a mistake: strict mode
+    raises `RuntimeError`, lenient mode records the outer block only and counts the
+    misuse. As a decorator it is copied per call, so concurrent calls never share state.
+
+    Nothing here raises into the application at run time, except in strict mode for
+    the application's own mistakes: a fault of ours is counted and logged, and the
+    block's own exception always propagates unchanged.
     """
 
-    __slots__ = ("_active", "_handle", "_registry", "_start")
+    __slots__ = ("_active", "_handle", "_nested", "_registry", "_start")
+    _component = "tracker"
+    """The `component` label of our own faults in `internal_errors_total`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
         self._active = False
+        self._nested = 0
         self._handle: H | None = None
         self._start = 0.0
 
@@ -91,16 +100,33 @@ class Tracker(Generic[H]):
         """Record the block: `duration` seconds, `exc` is what escaped (or None)."""
         raise NotImplementedError
 
+    def _detached(self) -> H:
+        """A handle that records nothing (for a block this tracker cannot measure)."""
+        raise NotImplementedError
+
+    def _misuse(self, error: InvalidArgumentError) -> None:
+        """The application misused the tracker: raise `error` (strict) or count it."""
+        raise error
+
     # --- context manager -------------------------------------------------------------
 
     def __enter__(self) -> H:
         if self._active:
-            raise RuntimeError(
-                f"this {type(self).__name__} is already measuring a block; call the "
-                "track_* helper once per block (or use it as a decorator)"
+            self._misuse(
+                InvalidCallError(
+                    "tracker",
+                    f"this {type(self).__name__} is already measuring a block; call the "
+                    "track_* helper once per block (or use it as a decorator)",
+                )
             )
+            self._nested += 1
+            return self._detached()
         self._start = time.perf_counter()
-        handle = self._open()
+        try:
+            handle = self._open()
+        except Exception as internal:
+            report_internal_error(self._registry, self._component, internal)
+            handle = self._detached()
         self._handle = handle
         self._active = True
         return handle
@@ -112,6 +138,9 @@ class Tracker(Generic[H]):
         traceback: TracebackType | None,
     ) -> None:
         duration = time.perf_counter() - self._start
+        if self._nested:  # the inner block of an overlapping use: not measured
+            self._nested -= 1
+            return
         if not self._active:  # pragma: no cover - __exit__ without __enter__
             return
         handle = cast(H, self._handle)
@@ -121,7 +150,7 @@ class Tracker(Generic[H]):
             self._close(handle, duration, exc)
         except Exception as internal:
             # Our bookkeeping failed: count it, never mask the block's own outcome.
-            report_internal_error(self._registry, type(self).__name__, internal)
+            report_internal_error(self._registry, self._component, internal)
 
     async def __aenter__(self) -> H:
         return self.__enter__()
@@ -139,6 +168,7 @@ class Tracker(Generic[H]):
     def _fresh(self) -> Tracker[H]:
         clone = copy.copy(self)
         clone._active = False
+        clone._nested = 0
         clone._handle = None
         return clone
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gatewayz_metrics._domain import GatewayMetrics, HTTPRequestHandle
-from gatewayz_metrics._http import request_measured
+from gatewayz_metrics._http import Measurement, request_measured
 from gatewayz_metrics._middleware import PrometheusMiddleware
 
 ENDPOINT = "/v1/chat/completions"
@@ -87,13 +87,14 @@ def test_an_http_exception_records_the_status_the_client_gets(
 
 @pytest.mark.parametrize(
     ("method", "recorded"),
-    [("post", "POST"), ("PATCH", "PATCH"), ("BREW", "OTHER")],
+    [("post", "OTHER"), ("PATCH", "PATCH"), ("BREW", "OTHER")],
     ids=["lower-case", "standard", "non-standard"],
 )
 def test_methods_are_normalised_like_the_middleware_does(
     registry: CollectorRegistry, metrics: GatewayMetrics, method: str, recorded: str
 ) -> None:
-    """Methods are upper-cased; non-standard ones become OTHER (bounded label)."""
+    """Methods are case-sensitive (RFC 9110, as in the middleware): non-standard ones,
+    `post` included, become OTHER (bounded label)."""
     with metrics.track_http_request(method, ENDPOINT):
         pass
     assert requests_total(registry, "200", method=recorded) == 1
@@ -102,8 +103,9 @@ def test_methods_are_normalised_like_the_middleware_does(
 def test_nothing_is_recorded_while_the_middleware_measures(
     registry: CollectorRegistry, metrics: GatewayMetrics
 ) -> None:
-    """With `request_measured` set (as the middleware sets it), the helper stays silent."""
-    token = request_measured.set((CollectorRegistry(),))
+    """While the middleware of the same registry measures the request (response not
+    complete), the helper stays silent."""
+    token = request_measured.set((Measurement(registry),))
     try:
         with metrics.track_http_request("POST", ENDPOINT) as request:
             assert request.measured_by_middleware

@@ -372,7 +372,7 @@ def test_a_fault_in_our_bookkeeping_never_reaches_the_application(
     assert raised.value is app_error
     assert (
         registry.get_sample_value(
-            "gatewayz_metrics_internal_errors_total", {"component": "_InferenceTracker"}
+            "gatewayz_metrics_internal_errors_total", {"component": "tracker.inference"}
         )
         == 2
     )

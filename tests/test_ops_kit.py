@@ -105,6 +105,8 @@ METRIC_LABELS: dict[str, frozenset[str]] = {
         "active_connections": "connection_type",
         "queue_size": "queue",
         "gatewayz_metrics_label_overflow_total": "metric label",
+        "gatewayz_metrics_internal_errors_total": "component",
+        "gatewayz_metrics_invalid_values_total": "metric argument",
     }.items()
 }
 RECORDED_METRICS = frozenset(name for name, _ in RECORDING_RULES)
@@ -391,6 +393,22 @@ MUTATIONS = [
         "",
         "billing_alerts_test.yml",
         id="credits-no-baseline-guard",
+    ),
+    pytest.param(
+        ALERT_RULES_FILE,
+        'increase(gatewayz_metrics_invalid_values_total{job="gatewayz-api"}[15m])) > 0',
+        'increase(gatewayz_metrics_invalid_values_total{job="gatewayz-api"}[15m])) > 2',
+        "self_metrics_alerts_test.yml",
+        id="invalid-values-threshold",
+    ),
+    pytest.param(
+        ALERT_RULES_FILE,
+        '            gatewayz_metrics_internal_errors_total{job="gatewayz-api"} > 0\n'
+        "            unless\n",
+        '            gatewayz_metrics_internal_errors_total{job="gatewayz-api"} > 0\n'
+        "            and\n",
+        "self_metrics_alerts_test.yml",
+        id="internal-errors-new-series-arm",
     ),
     pytest.param(
         RECORDING_RULES_FILE,

@@ -63,8 +63,9 @@ def all_samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str,
 
 
 def internal_errors(registry: CollectorRegistry) -> dict[str, float]:
-    """`gatewayz_metrics_internal_errors_total` by component."""
-    return {dict(k)["component"]: v for k, v in all_samples(registry, INTERNAL_ERRORS).items()}
+    """`gatewayz_metrics_internal_errors_total` by component, faults seen only (the known
+    components' series exist at 0 from the start)."""
+    return {dict(k)["component"]: v for k, v in all_samples(registry, INTERNAL_ERRORS).items() if v}
 
 
 def statuses(registry: CollectorRegistry) -> dict[str, float]:
