@@ -64,7 +64,8 @@ _FOLD: dict[str, str] = {
     "gauge_mostrecent": _LATEST,
     # `all` keeps one series per pid. A dead worker's series would stay forever, one more per
     # worker ever started; folded, the dead workers' last values share one series per label
-    # set, labelled pid="archive", holding the value of the worker retired last.
+    # set, labelled pid="archive", holding the value of the worker retired last (of workers
+    # retired together, the one whose file was written last).
     "gauge_all": _LATEST,
 }
 # The gauges of live processes only: a dead worker's are removed (prometheus_client's
@@ -173,7 +174,7 @@ def retire_worker(pid: int, path: str | os.PathLike[str] | None = None) -> None:
             f"process {pid} is still running: retiring it would lose the counts it makes later"
         )
     with _locked(directory, exclusive=True):
-        _retire_locked(directory, pid)
+        _retire_locked(directory, [pid])
 
 
 def mark_dead_workers(path: str | os.PathLike[str] | None = None) -> tuple[int, ...]:
@@ -190,12 +191,8 @@ def mark_dead_workers(path: str | os.PathLike[str] | None = None) -> tuple[int, 
     dead = [pid for pid in sorted(_pids(directory)) if not _writer_alive(pid, directory)]
     if not dead:
         return ()
-    retired = []
     with _locked(directory, exclusive=True):
-        for pid in dead:
-            if _retire_locked(directory, pid):
-                retired.append(pid)
-    return tuple(retired)
+        return _retire_locked(directory, dead)
 
 
 def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> CollectorRegistry:
@@ -504,71 +501,91 @@ def _sized(file: Path) -> bool:
         return False  # a live gauge's file, removed by a retire since the glob
 
 
-def _retire_locked(directory: Path, pid: int) -> bool:
-    """Fold or remove the files of `pid`; the caller holds the exclusive lock.
+def _retire_locked(directory: Path, pids: Iterable[int]) -> tuple[int, ...]:
+    """Fold or remove the files of the dead `pids`; the caller holds the exclusive lock.
 
-    Returns whether anything was retired: False when the files are already gone (another
-    scrape retired the worker first) or when the pid turned out to be alive after all.
+    Returns the pids retired: not those whose files are already gone (another scrape retired
+    them first) or that turned out to be alive after all. Each archive is read and written
+    once for all of them, not once per worker.
     """
     if sys.platform == "win32":  # pragma: no cover - without a lock, readers could count twice
-        return False
-    files = _files_of(directory, pid)  # again, under the lock
-    if not files or _writer_alive(pid, directory):
-        return False
-    staged: list[tuple[Path, Path, Path]] = []  # (partial, archive, source)
-    try:
-        for kind, source in files:
-            if kind in _FOLD and _sized(source):
-                partial = _stage_fold(directory, kind, source)
-                if partial is not None:
-                    staged.append((partial, directory / f"{kind}_{ARCHIVE}.db", source))
-        # A last look before anything changes: a process that took the pid since the first
-        # look and mapped the files keeps them (and their counts) in place.
-        if _writer_alive(pid, directory):
-            return False
-        for partial, archive, _ in staged:
-            # Renamed into place: a reader that ignores the lock sees the old archive or the
-            # new one, never half of one.
-            os.replace(partial, archive)
-        for _, source in files:
-            with contextlib.suppress(FileNotFoundError):
-                source.unlink()
-    finally:
-        for partial, _, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-    return True
+        return ()
+    # Again, under the lock.
+    files = {pid: found for pid in pids if (found := _files_of(directory, pid))}
+    files = {pid: found for pid, found in files.items() if not _writer_alive(pid, directory)}
+    while files:
+        staged = _stage(directory, [file for found in files.values() for file in found])
+        try:
+            # A last look before anything changes: a process that took a pid since the first
+            # look and mapped its files keeps them (and their counts) in place.
+            revived = {pid for pid in files if _writer_alive(pid, directory)}
+            if revived:
+                files = {pid: found for pid, found in files.items() if pid not in revived}
+                continue  # staged again without them; the partial files are dropped below
+            for partial, archive in staged:
+                # Renamed into place: a reader that ignores the lock sees the old archive or
+                # the new one, never half of one.
+                os.replace(partial, archive)
+            for found in files.values():
+                for _, source in found:
+                    with contextlib.suppress(FileNotFoundError):
+                        source.unlink()
+            return tuple(sorted(files))
+        finally:
+            for partial, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    partial.unlink()
+    return ()
 
 
-def _stage_fold(directory: Path, kind: str, source: Path) -> Path | None:
-    """Write archive + `source` to a partial file; None if `source` cannot be read."""
-    how = _FOLD[kind]
-    archive = directory / f"{kind}_{ARCHIVE}.db"
-    merged: dict[str, tuple[float, float]] = {}
-    if archive.exists():
-        for key, value, timestamp, _ in _read(archive):
-            merged[key] = (value, timestamp)
+def _stage(directory: Path, files: list[tuple[str, Path]]) -> list[tuple[Path, Path]]:
+    """Write each kind's archive plus `files` to a partial file: [(partial, archive)]."""
+    staged = []
+    for kind, how in _FOLD.items():
+        sources = [source for k, source in files if k == kind and _sized(source)]
+        if not sources:
+            continue
+        archive = directory / f"{kind}_{ARCHIVE}.db"
+        merged: dict[str, tuple[float, float]] = {}
+        if archive.exists():
+            for key, value, timestamp, _ in _read(archive):
+                merged[key] = (value, timestamp)
+        readable = 0
+        # Oldest write first: `all` values carry no timestamp, so the last one folded wins,
+        # and that should be the value the dead workers set last.
+        for source in sorted(sources, key=_mtime):
+            try:
+                entries = _read(source)
+            except Exception as exc:
+                # A file cut short (a disk that filled up, an interrupted copy) cannot be read,
+                # by us or by MultiProcessCollector: left in place it would fail every scrape.
+                # Its counts are lost either way; it is kept aside for inspection.
+                os.replace(source, source.with_name(source.name + ".unreadable"))
+                report_internal_error(REGISTRY, "multiprocess.unreadable", exc)
+                continue
+            readable += 1
+            for key, value, timestamp, _ in entries:
+                merged[key] = _combine(how, merged.get(key), (value, timestamp))
+        if not readable:
+            continue
+        partial = directory / f".{kind}_{ARCHIVE}.db.partial"
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        out = MmapedDict(str(partial))  # type: ignore[no-untyped-call]
+        try:
+            for key, (value, timestamp) in merged.items():
+                out.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
+        finally:
+            out.close()  # type: ignore[no-untyped-call]
+        staged.append((partial, archive))
+    return staged
+
+
+def _mtime(file: Path) -> tuple[int, str]:
     try:
-        entries = _read(source)
-    except Exception as exc:
-        # A file cut short (a disk that filled up, a copy that was interrupted) cannot be
-        # read, by us or by MultiProcessCollector: left in place it would fail every scrape.
-        # Its counts are lost either way; it is kept aside for inspection.
-        os.replace(source, source.with_name(source.name + ".unreadable"))
-        report_internal_error(REGISTRY, "multiprocess.unreadable", exc)
-        return None
-    for key, value, timestamp, _ in entries:
-        merged[key] = _combine(how, merged.get(key), (value, timestamp))
-    partial = directory / f".{kind}_{ARCHIVE}.db.partial"
-    with contextlib.suppress(FileNotFoundError):
-        partial.unlink()
-    out = MmapedDict(str(partial))  # type: ignore[no-untyped-call]
-    try:
-        for key, (value, timestamp) in merged.items():
-            out.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
-    finally:
-        out.close()  # type: ignore[no-untyped-call]
-    return partial
+        return file.stat().st_mtime_ns, file.name
+    except FileNotFoundError:
+        return 0, file.name
 
 
 def _read(file: Path) -> list[tuple[str, float, float, int]]:
