@@ -73,6 +73,8 @@ _FOLD: dict[str, str] = {
 _DROP = frozenset(
     f"gauge_{mode}" for mode in ("liveall", "livesum", "livemin", "livemax", "livemostrecent")
 )
+# pid -> start time (in clock ticks since boot) of the processes seen writing their files.
+_writers: dict[int, bytes] = {}
 _UNAVAILABLE = (
     b"metrics unavailable: the multiprocess directory cannot be used (see the server log)\n"
 )
@@ -188,7 +190,10 @@ def mark_dead_workers(path: str | os.PathLike[str] | None = None) -> tuple[int, 
     keep them alive. Returns the pids retired.
     """
     directory = _directory(path)
-    dead = [pid for pid in sorted(_pids(directory)) if not _writer_alive(pid, directory)]
+    pids = _pids(directory)
+    for gone in set(_writers) - pids:  # set(): a copy in one step, safe beside other threads
+        _writers.pop(gone, None)
+    dead = [pid for pid in sorted(pids) if not _writer_alive(pid, directory)]
     if not dead:
         return ()
     with _locked(directory, exclusive=True):
@@ -426,9 +431,15 @@ def _writer_alive(pid: int, directory: Path) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return True  # no procfs: the pid exists, that is all we can know
+    fields = stat.rpartition(b")")[2].split()
     # A zombie has exited and will never write again; its parent just has not reaped it.
-    if stat.rpartition(b")")[2].split()[:1] == [b"Z"]:
+    if fields[:1] == [b"Z"]:
         return False
+    # A pid and its start time name one process: once seen mapping its files, it does so
+    # until it exits (prometheus_client never unmaps them), and the maps need no new look.
+    started = fields[19] if len(fields) > 19 else b""
+    if started and _writers.get(pid) == started:
+        return True
     # The pid exists, but it may have been reused by a process that is not the worker (pids
     # wrap around). prometheus_client writes only through memory maps, which it keeps open
     # for the life of the process: a process that maps none of the files named after its
@@ -445,7 +456,10 @@ def _writer_alive(pid: int, directory: Path) -> bool:
         with contextlib.suppress(OSError):
             info = file.stat()
             inodes.add((os.major(info.st_dev), os.minor(info.st_dev), info.st_ino))
-    return not (mapped[0].isdisjoint(names) and mapped[1].isdisjoint(inodes))
+    alive = not (mapped[0].isdisjoint(names) and mapped[1].isdisjoint(inodes))
+    if alive and started:
+        _writers[pid] = started
+    return alive
 
 
 def _mapped_files(pid: int) -> tuple[set[str], set[tuple[int, int, int]]] | None:
