@@ -207,7 +207,7 @@ def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> Collect
     itself writes to the directory, a sign that it shares the workers' pid namespace), then reads
     the files under a shared lock, so that a worker being retired at that moment is counted
     exactly once. `restricted_registry(names)` (what `?name[]=` uses) keeps the samples so
-    named, as it does in single-process mode. Raises `MultiprocDirError` (a `ValueError`)
+    named, as it does in single-process mode. Raises `ValueError`
     naming the problem when the directory is missing or not a directory.
     """
     directory = _directory(path)
