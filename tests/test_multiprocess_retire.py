@@ -145,12 +145,21 @@ def test_many_dead_workers_of_every_mode_leave_one_file_per_kind(tmp_path: Path)
     assert family(after, "g_all") == {("g_all", (("k", "a"), ("pid", "archive"))): workers - 0.5}
 
 
-def test_a_second_retire_changes_nothing(tmp_path: Path) -> None:
-    """Run twice, retiring finds nobody the second time and rewrites no file."""
+def test_a_second_retire_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run twice, retiring finds nobody the second time: no lock taken, no file rewritten."""
     run_workers(tmp_path, 3)
     assert len(mark_dead_workers(tmp_path)) == 3
     files = snapshot(tmp_path)
+    locks: list[bool] = []
+    locked = mp._locked
+
+    def recording_lock(directory: Path, *, exclusive: bool) -> object:
+        locks.append(exclusive)
+        return locked(directory, exclusive=exclusive)
+
+    monkeypatch.setattr(mp, "_locked", recording_lock)
     assert mark_dead_workers(tmp_path) == ()
+    assert locks == []
     assert snapshot(tmp_path) == files
 
 
