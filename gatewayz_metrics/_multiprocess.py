@@ -265,12 +265,15 @@ async def serve_refused(
     await app(scope, receive, send)
 
 
-async def send_unavailable(send: Send, *, head: bool = False) -> None:
+async def send_unavailable(
+    send: Send, *, head: bool = False, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
     """Answer 503: the metrics cannot be read. The reason (a path) is in the log, not the body."""
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(_UNAVAILABLE)).encode()),
         (b"retry-after", b"60"),
+        *headers,
     ]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else _UNAVAILABLE})
