@@ -43,6 +43,7 @@ from gatewayz_metrics._middleware import PrometheusMiddleware
 from gatewayz_metrics._multiprocess import (
     check_multiproc_dir,
     gunicorn_child_exit,
+    gunicorn_on_starting,
     mark_dead_workers,
     multiprocess_registry,
     retire_worker,
@@ -73,6 +74,7 @@ __all__ = [
     "__version__",
     "check_multiproc_dir",
     "gunicorn_child_exit",
+    "gunicorn_on_starting",
     "looks_like_secret",
     "mark_dead_workers",
     "multiprocess_registry",

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from gatewayz_metrics._aio import Waitable, is_cancellation, loop_token, new_event, run_sync, spawn
 from gatewayz_metrics._internal import logger, report_internal_error
+from gatewayz_metrics._multiprocess import MultiprocDirError, send_unavailable
 from gatewayz_metrics._registry import resolve_registry
 from gatewayz_metrics._render import CollectorError, TextRenderer
 from gatewayz_metrics._types import Receive, Scope, Send
@@ -173,6 +174,9 @@ class MetricsApp:
         except Exception as exc:
             reason = f"metrics collection failed: {type(exc).__name__}"
             self._log_failure(reason, exc)
+            if isinstance(exc, MultiprocDirError):  # a 503 that names no path
+                await send_unavailable(send, head=head, headers=[_VARY])
+                return
             await _respond(send, 500, reason.encode() + b"\n", [_VARY], head=head)
             return
         extra = [(b"content-encoding", b"gzip")] if compress else []

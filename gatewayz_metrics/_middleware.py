@@ -20,8 +20,9 @@ from gatewayz_metrics._http import (
     method_label,
     request_measured,
 )
-from gatewayz_metrics._internal import report_internal_error
+from gatewayz_metrics._internal import logger, report_internal_error
 from gatewayz_metrics._labels import clean_label
+from gatewayz_metrics._multiprocess import multiproc_dir_problem, serve_refused
 from gatewayz_metrics._registry import resolve_registry
 from gatewayz_metrics._routes import (
     RouteResolver,
@@ -54,6 +55,8 @@ class PrometheusMiddleware:
     still decides, exactly as for `/metrics/`.
     """
 
+    _metrics: HTTPMetrics
+
     def __init__(
         self,
         app: ASGIApp,
@@ -69,12 +72,18 @@ class PrometheusMiddleware:
     ) -> None:
         self.app = app
         self.registry = resolve_registry(registry)
-        self._metrics = HTTPMetrics.for_registry(
-            self.registry,
-            duration_buckets=None if duration_buckets is None else tuple(duration_buckets),
-            ttfb_buckets=None if ttfb_buckets is None else tuple(ttfb_buckets),
-            max_endpoints=max_endpoints,
-        )
+        # A multiprocess directory that is missing or not writable would fail every request
+        # that records a metric: fail the start-up instead, naming it (see `__call__`).
+        self._refusal = multiproc_dir_problem()
+        if self._refusal is None:
+            self._metrics = HTTPMetrics.for_registry(
+                self.registry,
+                duration_buckets=None if duration_buckets is None else tuple(duration_buckets),
+                ttfb_buckets=None if ttfb_buckets is None else tuple(ttfb_buckets),
+                max_endpoints=max_endpoints,
+            )
+        else:
+            logger.error("gatewayz-metrics: %s", self._refusal)
         if metrics_path is not None and (
             not isinstance(metrics_path, str) or not metrics_path.startswith("/")
         ):
@@ -116,6 +125,10 @@ class PrometheusMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # `.get` and the type checks below: a malformed scope is the application's to
         # refuse (or not); the middleware never raises where the bare application would not.
+        if self._refusal is not None:
+            metrics = scope.get("type") == "http" and _route_path(scope) == self.metrics_path
+            await serve_refused(self._refusal, self.app, scope, receive, send, metrics=metrics)
+            return
         kind = scope.get("type")
         if kind != "http":
             if kind == "lifespan" and self._bearer_token is not None:

@@ -12,9 +12,7 @@ variable came too late). Command-line options (`-b`, `-w`, `-k`) override the se
 
 from __future__ import annotations
 
-from typing import Any
-
-from gatewayz_metrics import check_multiproc_dir, gunicorn_child_exit
+from gatewayz_metrics.multiprocess import gunicorn_child_exit, gunicorn_on_starting
 
 bind = "127.0.0.1:8000"
 workers = 3
@@ -22,12 +20,9 @@ workers = 3
 # `uvicorn.workers.UvicornWorker` is the same class, deprecated.
 worker_class = "uvicorn_worker.UvicornWorker"
 
-
-def on_starting(server: Any) -> None:
-    """Before the first worker: the directory exists, is writable, and is emptied of the
-    files of an earlier run (their counts would otherwise be added to this run's)."""
-    check_multiproc_dir(clean_stale=True)
-
+# Before the first worker: the directory exists, is writable, and is emptied of the files of an
+# earlier run (their counts would otherwise be added to this run's). Refuses to start otherwise.
+on_starting = gunicorn_on_starting
 
 # After each worker exits, however it died: its in-progress gauges go, its counts are kept.
 child_exit = gunicorn_child_exit

@@ -4,10 +4,12 @@
     mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
     python -m examples.multiprocess.run_uvicorn --workers 3 --port 8000
 
-The same as `uvicorn examples.multiprocess.app:app --workers 3` after emptying the directory:
-uvicorn's supervisor runs no application code, so this launcher is where the start-up check
-goes. uvicorn has no hook for a worker's exit either; `MetricsApp` (the middleware's
-`/metrics`) retires workers that are gone on each scrape instead (see docs/scaling.md).
+The same as `python -m gatewayz_metrics.multiprocess --clean-stale && uvicorn
+examples.multiprocess.app:app --workers 3`: uvicorn's supervisor runs no application code, so
+the launcher is where emptying the directory goes. (A missing or unwritable directory stops
+plain `uvicorn --workers` too: the middleware fails the workers' start-up, naming it.)
+uvicorn has no hook for a worker's exit either; `MetricsApp` (the middleware's `/metrics`)
+retires workers that are gone on each scrape instead (see docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 
 import uvicorn
 
-from gatewayz_metrics import check_multiproc_dir
+from gatewayz_metrics.multiprocess import check_multiproc_dir
 
 
 def main() -> None:
