@@ -21,11 +21,18 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from gatewayz_metrics._cardinality import OVERFLOW_VALUE, BoundedLabel
+from gatewayz_metrics._exemplars import (
+    ExemplarOption,
+    check_exemplar,
+    check_option,
+    exemplar_for,
+)
 from gatewayz_metrics._http import HTTPMetrics, check_buckets, measured_here, method_label
 from gatewayz_metrics._internal import (
     create_self_metrics,
     log_once,
     logger,
+    report_dropped_exemplar,
     report_internal_error,
     report_invalid_value,
 )
@@ -37,6 +44,7 @@ from gatewayz_metrics._validation import (
     MAX_COUNT,
     InvalidArgumentError,
     InvalidCallError,
+    InvalidTypeError,
     InvalidValueError,
     strict_from_env,
 )
@@ -266,6 +274,8 @@ GAUGE_FAMILIES: tuple[str, ...] = tuple(spec.name for spec in _GAUGES)
 # at 0 with the domain metrics, so that increase() sees the first one.
 _INVALID_SERIES: tuple[tuple[str, str], ...] = (
     *(("model_inference_requests_total", a) for a in ("provider", "model", "status", "tracker")),
+    ("model_inference_duration_seconds", "exemplar"),
+    ("model_time_to_first_token_seconds", "exemplar"),
     *(
         ("tokens_used_total", a)
         for a in ("provider", "model", "input_tokens", "output_tokens", "set_usage")
@@ -708,6 +718,7 @@ class InferenceHandle:
 
     __slots__ = (
         "_duration",
+        "_exemplar",
         "_metrics",
         "_model",
         "_output_tokens",
@@ -726,8 +737,10 @@ class InferenceHandle:
         provider: str,
         model: str,
         start: float,
+        exemplar: ExemplarOption = True,
     ) -> None:
         self._metrics = metrics
+        self._exemplar = exemplar
         # None: the call's labels were invalid (lenient mode), so nothing is recorded.
         self._series = series
         self._provider = provider
@@ -757,7 +770,10 @@ class InferenceHandle:
         self._ttft = time.perf_counter() - self._start
         if self._series is not None:
             try:
-                self._series.ttft.observe(self._ttft)
+                exemplar = exemplar_for(
+                    self._metrics.registry, "model_time_to_first_token_seconds", self._exemplar
+                )
+                self._series.ttft.observe(self._ttft, exemplar)
             except Exception as exc:
                 report_internal_error(self._metrics.registry, "tracker.inference", exc)
 
@@ -812,7 +828,10 @@ class InferenceHandle:
         if series is None:
             return
         series.requests[status].inc()
-        series.duration.observe(duration)
+        exemplar = exemplar_for(
+            self._metrics.registry, "model_inference_duration_seconds", self._exemplar
+        )
+        series.duration.observe(duration, exemplar)
         if status == SUCCESS:
             self._observe_tpot(duration)
 
@@ -832,14 +851,17 @@ class _DomainTracker(Tracker[H]):
 
 
 class _InferenceTracker(_DomainTracker[InferenceHandle]):
-    __slots__ = ("_model", "_provider", "_series")
+    __slots__ = ("_exemplar", "_model", "_provider", "_series")
     _component = "tracker.inference"
     _metric = "model_inference_requests_total"
 
-    def __init__(self, metrics: GatewayMetrics, provider: str, model: str) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, provider: str, model: str, exemplar: object = True
+    ) -> None:
         super().__init__(metrics)
         self._provider = provider
         self._model = model
+        self._exemplar = _exemplar_option(metrics, exemplar)
         # Resolved now, so bad input is reported at the call, before anything is measured.
         series: _InferenceSeries | None = None
         try:
@@ -850,7 +872,7 @@ class _InferenceTracker(_DomainTracker[InferenceHandle]):
 
     def _open(self) -> InferenceHandle:
         return InferenceHandle(
-            self._metrics, self._series, self._provider, self._model, self._start
+            self._metrics, self._series, self._provider, self._model, self._start, self._exemplar
         )
 
     def _detached(self) -> InferenceHandle:
@@ -858,6 +880,26 @@ class _InferenceTracker(_DomainTracker[InferenceHandle]):
 
     def _close(self, handle: InferenceHandle, duration: float, exc: BaseException | None) -> None:
         handle._finish(duration, exc)
+
+
+def _exemplar_option(metrics: GatewayMetrics, exemplar: object) -> ExemplarOption:
+    """`exemplar=` of a tracker, checked at the call: a mapping once, a function at each
+    observation. Invalid: strict mode raises, lenient records without an exemplar."""
+    if exemplar is True:
+        return True
+    try:
+        try:
+            option = check_option("exemplar", exemplar, mapping=True)
+        except TypeError as exc:
+            raise InvalidTypeError("exemplar", str(exc)) from None
+        if isinstance(option, bool) or callable(option):
+            return option
+        return check_exemplar(option) or False
+    except InvalidArgumentError as exc:
+        if metrics.strict:
+            raise
+        report_dropped_exemplar(metrics.registry, "model_inference_duration_seconds", exc)
+        return False
 
 
 class HTTPRequestHandle:
@@ -917,7 +959,9 @@ class _HTTPTracker(_DomainTracker[HTTPRequestHandle]):
                 code = int(carried)
         series = self._metrics._families.http.get((self._method, self._endpoint))
         series.requests(code).inc()
-        series.duration.observe(duration)
+        series.duration.observe(
+            duration, exemplar_for(self._registry, "http_request_duration_seconds", True)
+        )
 
 
 class _DatabaseTracker(_DomainTracker[None]):
@@ -1092,9 +1136,22 @@ class GatewayMetrics:
         measures, it records nothing, so the request is never counted twice."""
         return _HTTPTracker(self, method, endpoint)
 
-    def track_model_inference(self, provider: str, model: str) -> Tracker[InferenceHandle]:
-        """Time an inference call and record its outcome; see `InferenceHandle`."""
-        return _InferenceTracker(self, provider, model)
+    def track_model_inference(
+        self,
+        provider: str,
+        model: str,
+        *,
+        exemplar: bool | Mapping[str, str] | Callable[[], Mapping[str, str] | None] = True,
+    ) -> Tracker[InferenceHandle]:
+        """Time an inference call and record its outcome; see `InferenceHandle`.
+
+        `exemplar`: the duration and time-to-first-token observations carry the trace of
+        the active, sampled OpenTelemetry span (`True`, the default), none (`False`), the
+        given labels (a mapping, checked now), or what `exemplar()` returns at each
+        observation (a mapping or None; a function that raises or returns an invalid
+        exemplar is counted, never raised).
+        """
+        return _InferenceTracker(self, provider, model, exemplar)
 
     def track_database_query(self, table: str, operation: str) -> Tracker[None]:
         """Count and time a database query (failed ones included)."""
@@ -1314,9 +1371,14 @@ def track_http_request(method: str, endpoint: str) -> Tracker[HTTPRequestHandle]
     return (_default or default_metrics()).track_http_request(method, endpoint)
 
 
-def track_model_inference(provider: str, model: str) -> Tracker[InferenceHandle]:
+def track_model_inference(
+    provider: str,
+    model: str,
+    *,
+    exemplar: bool | Mapping[str, str] | Callable[[], Mapping[str, str] | None] = True,
+) -> Tracker[InferenceHandle]:
     """`GatewayMetrics.track_model_inference` on the default registry."""
-    return (_default or default_metrics()).track_model_inference(provider, model)
+    return (_default or default_metrics()).track_model_inference(provider, model, exemplar=exemplar)
 
 
 def track_database_query(table: str, operation: str) -> Tracker[None]:
