@@ -36,9 +36,7 @@ def tracing_wanted(environ: Mapping[str, str] | None = None) -> bool:
     return importlib.util.find_spec("opentelemetry.sdk") is not None
 
 
-def enable_tracing(
-    app: FastAPI, *, skip_paths: Sequence[str] = ("/metrics", TRACES_PATH)
-) -> None:
+def enable_tracing(app: FastAPI, *, skip_paths: Sequence[str] = ("/metrics", TRACES_PATH)) -> None:
     """Trace every request of `app` (but `skip_paths`) into memory; serve `/debug/traces`."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
