@@ -9,6 +9,7 @@ scripts/transparency.sh uses on the real suites.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -227,3 +228,37 @@ def test_broken_middleware_is_detected(
     assert "wrapped: 4 tests: 4 passed" in report
     assert f"tests with different messages: {tests}" in report
     assert f"ASGI messages differ ({where})" in report
+
+
+def _record(nodeid: str, outer: list[str], inner: list[str] | None = None) -> str:
+    streams = {"outer": [outer]} if inner is None else {"outer": [outer], "inner": [inner]}
+    record = {"id": nodeid, "outcome": "passed", "wrapped_apps": 1, "streams": streams}
+    return json.dumps(record) + "\n"
+
+
+def test_rerun_separates_nondeterminism_from_a_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A difference both wrapped runs show is reported; one a rerun does not repeat is not."""
+    compare = _compare_module()
+    plain = ["scope {}", "send {status: 200}", "returned"]
+    tagged = ["scope {}", "send {status: 200, x-extra: 1}", "returned"]
+    racy_a = ["scope {}", "send {timestamp: 1}", "returned"]
+    racy_b = ["scope {}", "send {timestamp: 2}", "returned"]
+    files = {
+        "bare": _record("t::changed", plain) + _record("t::racy", racy_a),
+        "wrapped": _record("t::changed", tagged, tagged) + _record("t::racy", racy_b, racy_b),
+        "rerun-bare": _record("t::changed", plain) + _record("t::racy", racy_b),
+        "rerun-wrapped": _record("t::changed", tagged, tagged) + _record("t::racy", racy_a, racy_a),
+    }
+    for name, text in files.items():
+        (tmp_path / f"{name}.jsonl").write_text(text)
+    args = ["tiny", str(tmp_path / "bare.jsonl"), str(tmp_path / "wrapped.jsonl")]
+    rerun = ["--rerun-bare", str(tmp_path / "rerun-bare.jsonl")]
+    rerun += ["--rerun-wrapped", str(tmp_path / "rerun-wrapped.jsonl")]
+    assert compare.main(args + rerun) == 1
+    report = capsys.readouterr().out
+    assert "tests with different messages: 1" in report
+    assert "did not reproduce the difference): 1\n     t::racy" in report
+    assert "DIFF t::changed: ASGI messages differ (outside the middleware)" in report
+    assert "DIFF t::racy" not in report

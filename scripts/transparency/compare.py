@@ -117,13 +117,20 @@ def compare(
     print(f"   wrapped: {len(wrapped)} tests: {outcomes(wrapped)}")
     apps = sum(record["wrapped_apps"] for record in wrapped.values())
     with_apps = sum(1 for record in wrapped.values() if record["wrapped_apps"])
-    print(f"   applications wrapped: {apps} in {with_apps} tests; {ran_apps} tests ran one")
+    direct = sum(record.get("direct_wraps", 0) for record in wrapped.values())
+    print(
+        f"   applications wrapped: {apps} in {with_apps} tests ({direct} called directly, "
+        f"not through a client); {ran_apps} tests ran one"
+    )
     print(
         f"   ASGI messages compared: {compared_messages} "
         f"(outside the middleware and in the application's view)"
     )
     print(f"   tests with different messages: {len(message_diffs)}")
-    print(f"   nondeterministic tests (two bare runs differ too): {len(nondeterministic)}")
+    print(
+        f"   nondeterministic tests (a rerun did not reproduce the difference): "
+        f"{len(nondeterministic)}"
+    )
     for nodeid in nondeterministic:
         print(f"     {nodeid}")
     print(f"   differences: {len(problems)}")

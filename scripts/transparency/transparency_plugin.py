@@ -128,6 +128,7 @@ def canonical(events: list[str]) -> list[str]:
 class _State:
     test: str = "<session>"
     wrapped_apps = 0
+    direct_wraps = 0
     # connection key -> list of events; a connection is one call of an application.
     connections: dict[tuple[str, int], list[str]] = {}
     serial = 0
@@ -241,6 +242,7 @@ def _guard(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[
         # Called from outside any wrapped application: a server, or a test by hand.
         entry = _State.direct.get(id(self))
         if entry is None or entry[0] is not self:
+            _State.direct_wraps += 1
             entry = (self, wrap(functools.partial(original, self)))
             _State.direct[id(self)] = entry
         await entry[1](scope, receive, send)
@@ -334,6 +336,7 @@ class _Collector:
     def start(self, nodeid: str) -> None:
         _State.test = nodeid
         _State.wrapped_apps = 0
+        _State.direct_wraps = 0
         _State.connections = {}
         _State.direct = {}
         self.phases[nodeid] = []
@@ -364,6 +367,7 @@ class _Collector:
             "outcome": outcome,
             "phases": phases,
             "wrapped_apps": _State.wrapped_apps,
+            "direct_wraps": _State.direct_wraps,
             "streams": streams,
         }
         self.out.write(json.dumps(record) + "\n")
