@@ -3,7 +3,8 @@
 The frameworks' suites pass with a middleware that adds a response header or re-chunks a
 body; the harness's comparison of ASGI messages must not. Each case runs a tiny Starlette
 suite bare and wrapped, in subprocesses, through the same plugin and comparison that
-scripts/transparency.sh uses on the real suites.
+scripts/transparency.sh uses on the real suites; those cases are marked slow (a pytest
+start each, ~3 s of CPU).
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def bare(suite: Path) -> Path:
     return _run(suite, "bare")
 
 
+@pytest.mark.slow
 def test_prometheus_middleware_is_transparent(
     suite: Path, bare: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -204,6 +206,7 @@ def test_prometheus_middleware_is_transparent(
     assert all(record["wrapped_apps"] >= 1 for record in records.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("middleware", "tests", "where"),
     [
