@@ -25,12 +25,19 @@ from typing import Any
 
 
 def load(path: Path) -> dict[str, dict[str, Any]]:
+    """The per-test records of one run; the run's summary line is under the key ""."""
     records: dict[str, dict[str, Any]] = {}
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             record = json.loads(line)
             records[record["id"]] = record
     return records
+
+
+def split(records: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], int]:
+    """(per-test records, applications wrapped outside any test)."""
+    tests = {nodeid: record for nodeid, record in records.items() if nodeid}
+    return tests, records.get("", {}).get("wrapped_outside_tests", 0)
 
 
 def stream(record: dict[str, Any], name: str) -> list[list[str]]:
@@ -72,6 +79,8 @@ def compare(
     rerun_wrapped: dict[str, Any] | None = None,
 ) -> tuple[int, list[str]]:
     """Print the report for one suite; return (number of differences, message-diff ids)."""
+    bare = split(bare)[0]
+    wrapped, outside = split(wrapped)
     problems: list[str] = []
     message_diffs: list[str] = []
     nondeterministic: list[str] = []
@@ -120,7 +129,8 @@ def compare(
     direct = sum(record.get("direct_wraps", 0) for record in wrapped.values())
     print(
         f"   applications wrapped: {apps} in {with_apps} tests ({direct} called directly, "
-        f"not through a client); {ran_apps} tests ran one"
+        f"not through a client) and {outside} outside tests (module-level clients); "
+        f"{ran_apps} tests ran one, each through a wrapper"
     )
     print(
         f"   ASGI messages compared: {compared_messages} "

@@ -129,6 +129,9 @@ class _State:
     test: str = "<session>"
     wrapped_apps = 0
     direct_wraps = 0
+    # Applications wrapped outside any test: module-level `client = TestClient(app)`,
+    # built while the suite is collected.
+    wrapped_outside_tests = 0
     # connection key -> list of events; a connection is one call of an application.
     connections: dict[tuple[str, int], list[str]] = {}
     serial = 0
@@ -213,6 +216,8 @@ def wrap(app: Any) -> Any:
     if isinstance(app, Recorder) or not callable(app):
         return app
     _State.wrapped_apps += 1
+    if _State.test.startswith("<"):
+        _State.wrapped_outside_tests += 1
     if MODE == "wrapped":
         from prometheus_client import CollectorRegistry
 
@@ -377,6 +382,8 @@ class _Collector:
         _State.direct = {}
 
     def close(self) -> None:
+        summary = {"id": "", "wrapped_outside_tests": _State.wrapped_outside_tests}
+        self.out.write(json.dumps(summary) + "\n")
         self.out.close()
 
 
