@@ -87,31 +87,45 @@ _MAX_EVENT = 4000  # longer events (big bodies) are kept as a digest
 
 
 _CANCELLED = re.compile(r"^(?:receive|send)-raised '(?:Cancelled|CancelledError)'$")
-_AFTER_RESPONSE = "receive after the response: http.disconnect or cancelled"
+_CANCELLED_END = re.compile(r"""^raised ["'](?:Cancelled|CancelledError)\b""")
+_DISCONNECT = "receive {type: 'http.disconnect'}"
+_ENDED = "after the last message: disconnected, cancelled or returned"
+
+
+def _is_last_message(event: str) -> bool:
+    return event.startswith("send ") and (
+        ("'http.response.body'" in event and "more_body: True" not in event)
+        or "'websocket.close'" in event
+    )
 
 
 def canonical(events: list[str]) -> list[str]:
-    """One connection's events with two known races of the frameworks taken out.
+    """One connection's events with the scheduler's races taken out.
 
-    Starlette's streaming responses listen for a disconnect while they send; once the last
-    body is sent the listener either receives `http.disconnect` or is cancelled first,
-    whichever the event loop schedules, in a bare run as in a wrapped one. And when a task
-    group is cancelled, the order in which its pending receive and send see the
-    cancellation is the scheduler's too.
+    Once an application has sent its last message (the final body, or a websocket close),
+    how its task ends is up to the event loop and the client, in a bare run as in a
+    wrapped one: Starlette's disconnect listener receives `http.disconnect` or is
+    cancelled first, a websocket app's pending send returns or is cancelled when the test
+    client closes. Those endings become one marker; anything else after the last message
+    (a second response, an error other than a cancellation) stays as it was. And when a
+    task group is cancelled, the order in which its pending receive and send see the
+    cancellation is the scheduler's too: a run of cancellations is sorted.
     """
     result: list[str] = []
     done = False
+    ended = False
     for event in events:
-        if done and (event == "receive {type: 'http.disconnect'}" or _CANCELLED.match(event)):
-            if event.startswith("receive"):
-                event = _AFTER_RESPONSE
-        elif event.startswith("send ") and (
-            ("'http.response.body'" in event and "more_body: True" not in event)
-            or "'websocket.close'" in event
+        if done and (
+            event in (_DISCONNECT, "returned")
+            or _CANCELLED.match(event)
+            or _CANCELLED_END.match(event)
         ):
-            done = True
+            ended = True
+            continue
+        done = done or _is_last_message(event)
         result.append(event)
-    # A run of cancellations is a set, not a sequence.
+    if ended:
+        result.append(_ENDED)
     start = 0
     while start < len(result):
         end = start
