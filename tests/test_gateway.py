@@ -658,11 +658,17 @@ def test_the_load_cli_explains_a_refusal(capsys: pytest.CaptureFixture[str]) -> 
 
 async def test_drive_sends_every_scenario_of_its_mix(registry: CollectorRegistry) -> None:
     """One run of `drive` covers every scenario of the deck and counts answers by status."""
+    wanted = {"200", "400", "401", "402", "404", "429"}
     app = app_with(registry, FAST)
     async with client_for(app) as http:
-        summary = await load.drive(http, duration=1.0, concurrency=2, seed=3)
+        # A 429 needs a burst past the key's limit within its window: on a loaded machine
+        # one second of driving may not get there, so drive again (bounded) until it does.
+        for _ in range(8):
+            summary = await load.drive(http, duration=1.0, concurrency=2, seed=3)
+            if wanted <= set(summary["by_status"]):
+                break
     app.state.gateway.close()
     assert set(summary["by_scenario"]) == {name for name, _ in load._DECK}
     assert summary["requests"] == sum(summary["by_status"].values())
     assert summary["transport_errors"] == 0
-    assert {"200", "400", "401", "402", "404", "429"} <= set(summary["by_status"])
+    assert wanted <= set(summary["by_status"])
