@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -36,6 +36,9 @@ from gatewayz_metrics._labels import MAX_LABEL_LENGTH, clean_label
 from gatewayz_metrics._registry import get_or_create, resolve_registry
 from gatewayz_metrics._secrets import SecretDetector, looks_like_secret
 from gatewayz_metrics._tracking import OUTCOMES, SUCCESS, Tracker, outcome_of
+
+if TYPE_CHECKING:
+    from gatewayz_metrics._gateway import GatewayFamilies, Pricing
 
 T = TypeVar("T")
 
@@ -590,6 +593,10 @@ class _Families:
             else:
                 bound = label(spec.name, spec.label, secret=spec.label == "user_id")
             self.gauges[spec.name] = _GaugeFamily(spec, bound, registry)
+        # Imported here: the gateway module builds on this one's checks and label types.
+        from gatewayz_metrics._gateway import GatewayFamilies
+
+        self.gateway: GatewayFamilies = GatewayFamilies(self)
         self._register_all()
 
         self.inference: _ChildCache[_InferenceSeries] = _ChildCache(self._inference_series)
@@ -628,6 +635,7 @@ class _Families:
             self.rate_limited,
             self.api_key_usage,
             *self.gauges.values(),
+            *self.gateway.collectors,
         ]
         done: list[Counter | Histogram | _GaugeFamily] = []
         try:
@@ -813,15 +821,23 @@ class InferenceHandle:
 
 
 class _InferenceTracker(Tracker[InferenceHandle]):
-    __slots__ = ("_metrics", "_model", "_provider", "_series")
+    __slots__ = ("_metrics", "_model", "_provider", "_retry", "_series")
 
-    def __init__(self, metrics: GatewayMetrics, provider: str, model: str) -> None:
+    def __init__(
+        self, metrics: GatewayMetrics, provider: str, model: str, attempt: int = 1
+    ) -> None:
         super().__init__(metrics.registry)
         self._metrics = metrics
         self._provider = provider
         self._model = model
         # Resolved now, so bad input raises at the call, before anything is measured.
         self._series = metrics._families.inference.get((provider, model))
+        self._retry: Counter | None = None
+        if type(attempt) is not int or attempt != 1:
+            from gatewayz_metrics._gateway import check_attempt
+
+            if check_attempt(attempt) > 1:
+                self._retry = metrics._families.gateway.retry.get((provider, model))
 
     def _open(self) -> InferenceHandle:
         return InferenceHandle(
@@ -830,6 +846,8 @@ class _InferenceTracker(Tracker[InferenceHandle]):
 
     def _close(self, handle: InferenceHandle, duration: float, exc: BaseException | None) -> None:
         handle._finish(duration, exc)
+        if self._retry is not None:
+            self._retry.inc()
 
 
 class HTTPRequestHandle:
@@ -1008,9 +1026,15 @@ class GatewayMetrics:
         measures, it records nothing, so the request is never counted twice."""
         return _HTTPTracker(self._families, method, endpoint)
 
-    def track_model_inference(self, provider: str, model: str) -> Tracker[InferenceHandle]:
-        """Time an inference call and record its outcome; see `InferenceHandle`."""
-        return _InferenceTracker(self, provider, model)
+    def track_model_inference(
+        self, provider: str, model: str, *, attempt: int = 1
+    ) -> Tracker[InferenceHandle]:
+        """Time an inference call and record its outcome; see `InferenceHandle`.
+
+        `attempt` numbers the upstream calls of one request from 1: every attempt counts
+        in `model_inference_requests_total`, and those after the first (retries and
+        fallbacks) also in `model_inference_retries_total`."""
+        return _InferenceTracker(self, provider, model, attempt)
 
     def track_database_query(self, table: str, operation: str) -> Tracker[None]:
         """Count and time a database query (failed ones included)."""
@@ -1031,6 +1055,7 @@ class GatewayMetrics:
             input_child.inc(input_tokens)
         if output_tokens:
             output_child.inc(output_tokens)
+        self._families.gateway.charge_tokens(provider, model, input_tokens, output_tokens)
 
     def record_credits_used(self, provider: str, model: str, user_id: str, credits: float) -> None:
         """Add to `credits_used_total`; a secret-looking `user_id` is fingerprinted."""
@@ -1052,6 +1077,41 @@ class GatewayMetrics:
     def record_api_key_usage(self, api_key_id: str, status: str) -> None:
         """Add one to `api_key_usage_total`; a secret-looking key id is fingerprinted."""
         self._families.key_usage.get((api_key_id, status)).inc()
+
+    # --- gateway-native: fallbacks, attempts, who refused, cost (see _gateway.py) -----
+
+    def record_fallback(self, from_model: str, to_model: str, reason: str) -> None:
+        """Add one to `model_fallbacks_total`; `reason` is one of `FALLBACK_REASONS`."""
+        self._families.gateway.record_fallback(from_model, to_model, reason)
+
+    def record_request_attempts(self, model: str, attempts: int) -> None:
+        """Observe the upstream attempts (>= 1) one request took, by the model asked for,
+        in `gateway_request_attempts`."""
+        self._families.gateway.record_request_attempts(model, attempts)
+
+    def record_gateway_rejection(self, scope: str, kind: str) -> None:
+        """Add one to `gateway_rejections_total`: a request the gateway's own limit
+        refused (`scope` in `REJECTION_SCOPES`, `kind` in `REJECTION_KINDS`)."""
+        self._families.gateway.record_gateway_rejection(scope, kind)
+
+    def record_upstream_rate_limited(self, provider: str, model: str) -> None:
+        """Add one to `provider_rate_limited_total`: the provider refused a call (429)."""
+        self._families.gateway.record_upstream_rate_limited(provider, model)
+
+    def record_provider_cost(
+        self, provider: str, model: str, cost: float | None, currency: str = "USD"
+    ) -> None:
+        """Add `cost` to `provider_cost_total`; `None` (price unknown) adds one to
+        `inference_unpriced_total` instead."""
+        self._families.gateway.record_provider_cost(provider, model, cost, currency)
+
+    def set_pricing(self, prices: Pricing | None) -> None:
+        """Price every `record_tokens_used` (and `set_usage`) from `{(provider, model):
+        ModelPrice}` into `provider_cost_total`; calls of a pair without a price count in
+        `inference_unpriced_total`. `None` stops pricing. Shared by the registry's instances."""
+        from gatewayz_metrics._gateway import check_pricing
+
+        self._families.gateway.pricing = check_pricing(prices)
 
     # --- set_* ---------------------------------------------------------------------
 
@@ -1163,9 +1223,11 @@ def track_http_request(method: str, endpoint: str) -> Tracker[HTTPRequestHandle]
     return (_default or default_metrics()).track_http_request(method, endpoint)
 
 
-def track_model_inference(provider: str, model: str) -> Tracker[InferenceHandle]:
+def track_model_inference(
+    provider: str, model: str, *, attempt: int = 1
+) -> Tracker[InferenceHandle]:
     """`GatewayMetrics.track_model_inference` on the default registry."""
-    return (_default or default_metrics()).track_model_inference(provider, model)
+    return (_default or default_metrics()).track_model_inference(provider, model, attempt=attempt)
 
 
 def track_database_query(table: str, operation: str) -> Tracker[None]:
@@ -1254,3 +1316,35 @@ def set_active_connections(connection_type: str, count: int) -> None:
 def set_queue_size(queue: str, size: int) -> None:
     """`GatewayMetrics.set_queue_size` on the default registry."""
     (_default or default_metrics()).set_queue_size(queue, size)
+
+
+def record_fallback(from_model: str, to_model: str, reason: str) -> None:
+    """`GatewayMetrics.record_fallback` on the default registry."""
+    (_default or default_metrics()).record_fallback(from_model, to_model, reason)
+
+
+def record_request_attempts(model: str, attempts: int) -> None:
+    """`GatewayMetrics.record_request_attempts` on the default registry."""
+    (_default or default_metrics()).record_request_attempts(model, attempts)
+
+
+def record_gateway_rejection(scope: str, kind: str) -> None:
+    """`GatewayMetrics.record_gateway_rejection` on the default registry."""
+    (_default or default_metrics()).record_gateway_rejection(scope, kind)
+
+
+def record_upstream_rate_limited(provider: str, model: str) -> None:
+    """`GatewayMetrics.record_upstream_rate_limited` on the default registry."""
+    (_default or default_metrics()).record_upstream_rate_limited(provider, model)
+
+
+def record_provider_cost(
+    provider: str, model: str, cost: float | None, currency: str = "USD"
+) -> None:
+    """`GatewayMetrics.record_provider_cost` on the default registry."""
+    (_default or default_metrics()).record_provider_cost(provider, model, cost, currency)
+
+
+def set_pricing(prices: Pricing | None) -> None:
+    """`GatewayMetrics.set_pricing` on the default registry."""
+    (_default or default_metrics()).set_pricing(prices)
