@@ -830,14 +830,16 @@ class _InferenceTracker(Tracker[InferenceHandle]):
         self._metrics = metrics
         self._provider = provider
         self._model = model
-        # Resolved now, so bad input raises at the call, before anything is measured.
-        self._series = metrics._families.inference.get((provider, model))
-        self._retry: Counter | None = None
-        if type(attempt) is not int or attempt != 1:
+        retry = type(attempt) is not int or attempt != 1
+        if retry:
             from gatewayz_metrics._gateway import check_attempt
 
-            if check_attempt(attempt) > 1:
-                self._retry = metrics._families.gateway.retry.get((provider, model))
+            check_attempt(attempt)
+        # Resolved now, so bad input raises at the call, before anything is measured.
+        self._series = metrics._families.inference.get((provider, model))
+        self._retry: Counter | None = (
+            metrics._families.gateway.retry.get((provider, model)) if retry else None
+        )
 
     def _open(self) -> InferenceHandle:
         return InferenceHandle(
