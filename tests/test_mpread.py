@@ -110,7 +110,7 @@ def shape(metrics: list[Metric]) -> list[object]:
 
 
 def assert_same(directory: Path, reader: FastMultiProcessReader) -> None:
-    """Samples, text and OpenMetrics bodies are identical to prometheus_client's, on the fast path."""
+    """Samples, text and OpenMetrics bodies are prometheus_client's, from the fast path."""
     before = reader.fast_reads
     assert shape(reader.collect()) == shape(upstream(directory))
     for encoder in (generate_latest, openmetrics_latest):
