@@ -40,6 +40,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
+from itertools import accumulate, islice
 from operator import add, itemgetter
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,13 @@ class _Layout:
         self.items: list[list[tuple[str, _Labels, str, int, Any]]] = []
         # Per metric, the line prefixes of its items, and their cells when each is one cell.
         self.prefixes: list[list[str]] = []
-        self.cells: list[list[int] | None] = []
+        # Per metric, how its values are computed: runs of single cells (kind _CELL), and
+        # histogram groups (kind _BUCKET: the bucket cells; gives the cumulative counts, then
+        # the `_count`).
+        self.segments: list[list[tuple[int, list[int]]]] = []
+        # Per file, the (start, stop) of its cells when they are consecutive and distinct
+        # (every worker writing the same series in the same order): summed as a slice.
+        self.file_spans: list[tuple[int, int] | None] = []
 
 
 # Item kinds, with their payload: one cell's value (the cell); a group's first bucket (its
@@ -199,6 +206,7 @@ class FastMultiProcessReader:
         self._layout: _Layout | None = None
         self._unsupported_key: tuple[tuple[str, int, int], ...] | None = None
         self._prefixes: dict[tuple[str, _Labels], str] = {}
+        self._keys: dict[bytes, _Parsed] = {}
         self.fast_reads = 0
         """Reads answered by the fast path (the rest fell back to prometheus_client)."""
 
@@ -276,7 +284,9 @@ class FastMultiProcessReader:
                 raise
             self._layout_key = key
             if len(self._prefixes) > 4 * len(self._layout.init) + 1024:
-                self._prefixes.clear()  # series gone for good: keep the cache bounded
+                self._prefixes.clear()  # series gone for good: keep the caches bounded
+            if len(self._keys) > 4 * len(self._layout.init) + 1024:
+                self._keys.clear()
         values, recent = _combine(self._layout, snapshots)
         return self._layout, values, recent
 
@@ -304,13 +314,13 @@ class FastMultiProcessReader:
         if cache.moved(data, used):
             cache = self._files[path] = _FileCache(cache.fd, cache.identity)
         if cache.end < used:
-            _parse(cache, data, used)
+            _parse(cache, data, used, self._keys)
         # Entries are 8-byte aligned from the start of the file: values are doubles in place.
         doubles = memoryview(data)[: len(data) // 8 * 8].cast("d")
         return path, cache, doubles
 
 
-def _parse(cache: _FileCache, data: bytes, used: int) -> None:
+def _parse(cache: _FileCache, data: bytes, used: int, known: dict[bytes, _Parsed]) -> None:
     """Parse the entries between `cache.end` and `used`, as `mmap_dict._read_all_values`."""
     pos = cache.end
     slots: list[int] = []
@@ -331,9 +341,13 @@ def _parse(cache: _FileCache, data: bytes, used: int) -> None:
         pos += length + (8 - (length + 4) % 8)
         if pos + 16 > len(data):
             raise RuntimeError("Read beyond file size detected, file is corrupted.")
-        metric_name, name, labels, help_text = json.loads(raw.decode("utf-8"))
+        entry = known.get(raw)
+        if entry is None:
+            # Every worker writes the same keys: each is parsed once, whatever the file.
+            metric_name, name, labels, help_text = json.loads(raw.decode("utf-8"))
+            entry = known[raw] = (metric_name, name, tuple(sorted(labels.items())), help_text)
         keys.append(raw)
-        parsed.append((metric_name, name, tuple(sorted(labels.items())), help_text))
+        parsed.append(entry)
         slots.append(pos // 8)
         pos += 16
     cache.end = pos
@@ -421,6 +435,9 @@ def _build_layout(
                 file_cells.append(cell(metric, labels, (name, labels), _SUM))
         layout.file_cells.append(file_cells)
         layout.file_modes.append(how)
+        start = file_cells[0] if file_cells else 0
+        consecutive = file_cells == list(range(start, start + len(file_cells)))
+        layout.file_spans.append((start, start + len(file_cells)) if consecutive else None)
     # The rendered items of each metric, in MultiProcessCollector's sample order.
     for metric in metrics.values():
         items: list[tuple[str, _Labels, str, int, Any]] = []
@@ -459,8 +476,17 @@ def _build_layout(
         layout.metrics.append(metric)
         layout.items.append(items)
         layout.prefixes.append([item[2] for item in items])
-        simple = all(item[3] == _CELL for item in items)
-        layout.cells.append([item[4] for item in items] if simple else None)
+        segments: list[tuple[int, list[int]]] = []
+        for _, _, _, kind, index in items:
+            if kind == _CELL:
+                if not segments or segments[-1][0] != _CELL:
+                    segments.append((_CELL, []))
+                segments[-1][1].append(index)
+            elif kind == _FIRST_BUCKET:
+                segments.append((_BUCKET, [index]))
+            elif kind == _BUCKET:
+                segments[-1][1].append(index)
+        layout.segments.append(segments)
     return layout
 
 
@@ -496,11 +522,14 @@ def _combine(
     acc: list[Any] = layout.init.copy()
     stamps: dict[int, float] = {}
     first: dict[int, tuple[int, int]] = {}
-    for file_index, ((_, cache, doubles), cells, how) in enumerate(
-        zip(snapshots, layout.file_cells, layout.file_modes, strict=True)
+    for file_index, ((_, cache, doubles), cells, how, span) in enumerate(
+        zip(snapshots, layout.file_cells, layout.file_modes, layout.file_spans, strict=True)
     ):
         values = cache.values(doubles)
-        if how == _SUM:
+        if how == _SUM and span is not None:
+            start, stop = span
+            acc[start:stop] = map(add, acc[start:stop], values)
+        elif how == _SUM:
             # acc[index] += value for each entry in order, without a Python-level loop: the
             # maps are lazy, so an entry's read of acc follows the previous entry's write.
             _drain(map(acc.__setitem__, cells, map(add, map(acc.__getitem__, cells), values)))
@@ -561,18 +590,24 @@ def _render_text(layout: _Layout, acc: list[Any], first: dict[int, tuple[int, in
     out: list[str] = []
     append = out.append
     get = acc.__getitem__
-    for metric, items, prefixes, cells in zip(
-        layout.metrics, layout.items, layout.prefixes, layout.cells, strict=True
+    for metric, items, prefixes, segments in zip(
+        layout.metrics, layout.items, layout.prefixes, layout.segments, strict=True
     ):
         append(metric.header)
         if metric.recent:
             items = _recent_order(items, first)
             prefixes = [item[2] for item in items]
             values = [acc[item[4]] for item in items]
-        elif cells is not None:
-            values = list(map(get, cells))
         else:
-            values = [value for _, value in _item_values(items, acc)]
+            values = []
+            for kind, cells in segments:
+                if kind == _CELL:
+                    values.extend(map(get, cells))
+                else:
+                    # As _accumulate_metrics: 0.0, plus each bucket in order; then the count.
+                    running = list(accumulate(map(get, cells), initial=0.0))
+                    values.extend(islice(running, 1, None))
+                    values.append(running[-1])
         if values:
             append("\n".join(map(add, prefixes, _formatted(values))))
             append("\n")
