@@ -52,6 +52,7 @@ from prometheus_client.openmetrics.exposition import (
     escape_label_name,
     escape_metric_name,
 )
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -171,7 +172,6 @@ class _Layout:
         # Per metric, the rendered items: (sample name, labels, prefix, kind, payload).
         self.items: list[list[tuple[str, _Labels, str, int, Any]]] = []
         # Per metric, the line prefixes of its items, and their cells when each is one cell.
-        self.prefixes: list[list[str]] = []
         # Per metric, how its values are computed: runs of single cells (kind _CELL), and
         # histogram groups (kind _BUCKET: the bucket cells; gives the cumulative counts, then
         # the `_count`).
@@ -207,6 +207,7 @@ class FastMultiProcessReader:
         self._unsupported_key: tuple[tuple[str, int, int], ...] | None = None
         self._prefixes: dict[tuple[str, _Labels], str] = {}
         self._keys: dict[bytes, _Parsed] = {}
+        self._formats: dict[tuple[object, ...], _Format] = {}
         self.fast_reads = 0
         """Reads answered by the fast path (the rest fell back to prometheus_client)."""
 
@@ -217,8 +218,9 @@ class FastMultiProcessReader:
         try:
             with self._lock:
                 layout, values, recent = self._read()
-                if _is_text(encoder):
-                    body = _render_text(layout, values, recent)
+                fmt = self._format(encoder)
+                if fmt is not None:
+                    body = _render_lines(layout, values, recent, fmt)
                 else:
                     body = encoder(_Fixed(_metrics(layout, values, recent)))
                 self.fast_reads += 1
@@ -229,6 +231,17 @@ class FastMultiProcessReader:
             self.close()
             report_internal_error(self._errors_registry, "multiprocess.fast", exc)
         return encoder(multiprocess_registry(self._directory))
+
+    def _format(self, encoder: Callable[[Collector], bytes]) -> _Format | None:
+        key = _encoder_key(encoder)
+        if key is None:
+            return None
+        fmt = self._formats.get(key)
+        if fmt is None:
+            if len(self._formats) >= 8:  # escaping and version variants: a handful at most
+                self._formats.clear()
+            fmt = self._formats[key] = _Format(encoder, text=_is_text(encoder))
+        return fmt
 
     def collect(self) -> list[Metric]:
         """The merged metric families, equal to `MultiProcessCollector`'s (fast path only)."""
@@ -475,7 +488,6 @@ def _build_layout(
         metric.header = generate_latest(_Fixed([family])).decode("utf-8")
         layout.metrics.append(metric)
         layout.items.append(items)
-        layout.prefixes.append([item[2] for item in items])
         segments: list[tuple[int, list[int]]] = []
         for _, _, _, kind, index in items:
             if kind == _CELL:
@@ -586,17 +598,86 @@ def _item_values(
         yield item, total
 
 
-def _render_text(layout: _Layout, acc: list[Any], first: dict[int, tuple[int, int]]) -> bytes:
+class _Format:
+    """How one encoder writes a family's header and a sample's line, learnt from the encoder.
+
+    The text format's line prefixes are built directly (`_prefix`); any other encoder of the
+    whitelist (`_encoder_key`) is asked once per family and once per series for a family
+    without samples and for a one-sample family, and its header and line prefix are cut out
+    of what it wrote. Either way a scrape only appends values to cached prefixes.
+    """
+
+    def __init__(self, encoder: Callable[[Collector], bytes], *, text: bool) -> None:
+        self.encoder = encoder
+        self.text = text
+        self.trailer = encoder(_Fixed([])).decode("utf-8")
+        self.headers: dict[tuple[str, str, str], str] = {}
+        self.prefixes: dict[tuple[str, str, str, _Labels], str] = {}
+        self.layout: _Layout | None = None
+        self.metric_headers: list[str] = []
+        self.metric_prefixes: list[list[str]] = []
+
+    def bind(self, layout: _Layout) -> None:
+        if self.layout is layout:
+            return
+        if len(self.prefixes) > 4 * len(layout.init) + 1024:
+            self.prefixes.clear()
+        self.metric_headers = [self.header(metric) for metric in layout.metrics]
+        self.metric_prefixes = [
+            [self.prefix(metric, item) for item in items]
+            for metric, items in zip(layout.metrics, layout.items, strict=True)
+        ]
+        self.layout = layout
+
+    def header(self, metric: _Metric) -> str:
+        if self.text:
+            return metric.header
+        key = (metric.name, metric.documentation, metric.typ)
+        found = self.headers.get(key)
+        if found is None:
+            family = Metric(metric.name, metric.documentation, metric.typ)
+            written = self.encoder(_Fixed([family])).decode("utf-8")
+            if not written.endswith(self.trailer):
+                raise _UnsupportedError("an encoder without a fixed trailer")
+            found = self.headers[key] = written[: len(written) - len(self.trailer)]
+        return found
+
+    def prefix(self, metric: _Metric, item: tuple[str, _Labels, str, int, Any]) -> str:
+        if self.text:
+            return item[2]
+        name, labels = item[0], item[1]
+        key = (metric.name, metric.typ, name, labels)
+        found = self.prefixes.get(key)
+        if found is None:
+            family = Metric(metric.name, "", metric.typ)
+            family.samples = [Sample(name, dict(labels), 0.0)]
+            written = self.encoder(_Fixed([family])).decode("utf-8")
+            lines = [line for line in written.split("\n") if line and line[0] != "#"]
+            if len(lines) != 1 or not lines[0].endswith(" 0.0"):
+                raise _UnsupportedError("a sample line this reader cannot cut")
+            found = self.prefixes[key] = lines[0][:-3]
+        return found
+
+
+def _render_lines(
+    layout: _Layout, acc: list[Any], first: dict[int, tuple[int, int]], fmt: _Format
+) -> bytes:
+    fmt.bind(layout)
     out: list[str] = []
     append = out.append
     get = acc.__getitem__
-    for metric, items, prefixes, segments in zip(
-        layout.metrics, layout.items, layout.prefixes, layout.segments, strict=True
+    for metric, header, items, prefixes, segments in zip(
+        layout.metrics,
+        fmt.metric_headers,
+        layout.items,
+        fmt.metric_prefixes,
+        layout.segments,
+        strict=True,
     ):
-        append(metric.header)
+        append(header)
         if metric.recent:
             items = _recent_order(items, first)
-            prefixes = [item[2] for item in items]
+            prefixes = [fmt.prefix(metric, item) for item in items]
             values = [acc[item[4]] for item in items]
         else:
             values = []
@@ -611,6 +692,7 @@ def _render_text(layout: _Layout, acc: list[Any], first: dict[int, tuple[int, in
         if values:
             append("\n".join(map(add, prefixes, _formatted(values))))
             append("\n")
+    append(fmt.trailer)
     return "".join(out).encode("utf-8")
 
 
@@ -648,6 +730,18 @@ class _Fixed:
 
     def collect(self) -> list[Metric]:
         return self._metrics
+
+
+def _encoder_key(encoder: Callable[[Collector], bytes]) -> tuple[object, ...] | None:
+    """prometheus_client's text or OpenMetrics encoder, with keyword options only: a key."""
+    func, keywords = encoder, {}
+    if isinstance(encoder, partial):
+        if encoder.args:
+            return None
+        func, keywords = encoder.func, encoder.keywords
+    if func is not generate_latest and func is not openmetrics_latest:
+        return None
+    return (func, *sorted(keywords.items()))
 
 
 def _is_text(encoder: Callable[[Collector], bytes]) -> bool:

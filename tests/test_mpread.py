@@ -8,20 +8,34 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.registry import Collector
 
 from gatewayz_metrics import multiprocess_registry, retire_worker
 from gatewayz_metrics._mpread import FastMultiProcessReader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+# The text format, OpenMetrics, what Prometheus' Accept gets, and a UTF-8 text variant.
+ENCODERS: tuple[Callable[[Collector], bytes], ...] = (
+    generate_latest,
+    openmetrics_latest,
+    choose_encoder(PROMETHEUS_ACCEPT)[0],
+    choose_encoder("text/plain;version=1.0.0;escaping=allow-utf-8")[0],
+)
 PID_BASE = 10_000_000  # above any pid_max: these writers are dead workers from the start
 BOUNDS = ("0.1", "1.0", "+Inf")
 GAUGE_MODES = (
@@ -113,10 +127,10 @@ def assert_same(directory: Path, reader: FastMultiProcessReader) -> None:
     """Samples, text and OpenMetrics bodies are prometheus_client's, from the fast path."""
     before = reader.fast_reads
     assert shape(reader.collect()) == shape(upstream(directory))
-    for encoder in (generate_latest, openmetrics_latest):
+    for encoder in ENCODERS:
         expected = encoder(multiprocess_registry(directory))
         assert reader.render(encoder) == expected
-    assert reader.fast_reads == before + 2, "the fast path fell back"
+    assert reader.fast_reads == before + len(ENCODERS), "the fast path fell back"
 
 
 @settings(
