@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ RESULT_PREFIX = "RESULT "
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _HISTOGRAM_LINES = len(BOUNDS) + 3  # buckets, +Inf, _sum, _count
 _TIMEOUT = 3600.0
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)  # what Prometheus 2.42 and 3.x send
 _MP_VARIANTS = ("bare", "floor", "gatewayz", "starlette_exporter", "instrumentator")
 
 
@@ -104,27 +108,33 @@ def scrape_job(series: int, workers: int, repeats: int) -> dict[str, Any]:
         entries = write_worker_files(directory, series, workers)
         written_s = time.perf_counter() - started
 
-        def theirs() -> bytes:
+        from prometheus_client.exposition import choose_encoder
+
+        om = choose_encoder(PROMETHEUS_ACCEPT)[0]
+
+        def theirs(encoder: Callable[[Any], bytes]) -> bytes:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(directory))
-            return generate_latest(registry)
+            return encoder(registry)
 
         reader = FastMultiProcessReader(directory)
         start = time.perf_counter()
         ours_body = reader.render(generate_latest)  # the first scrape parses every key
         cold_ms = (time.perf_counter() - start) * 1e3
-        their_body = theirs()
+        identical = ours_body == theirs(generate_latest)
+        om_identical = reader.render(om) == theirs(om)
         lines = sum(1 for line in ours_body.splitlines() if not line.startswith(b"#"))
-        ours_ms: list[float] = []
-        theirs_ms: list[float] = []
+        timings: dict[str, list[float]] = {"ours": [], "theirs": [], "ours_om": [], "theirs_om": []}
         for _ in range(repeats):
-            for render, timings in ((reader.render, ours_ms), (None, theirs_ms)):
+            for name, render, encoder in (
+                ("ours", reader.render, generate_latest),
+                ("theirs", theirs, generate_latest),
+                ("ours_om", reader.render, om),
+                ("theirs_om", theirs, om),
+            ):
                 start = time.perf_counter()
-                if render is None:
-                    theirs()
-                else:
-                    render(generate_latest)
-                timings.append((time.perf_counter() - start) * 1e3)
+                render(encoder)
+                timings[name].append((time.perf_counter() - start) * 1e3)
         return {
             "series": series,
             "workers": workers,
@@ -133,9 +143,12 @@ def scrape_job(series: int, workers: int, repeats: int) -> dict[str, Any]:
             "repeats": repeats,
             "write_s": written_s,
             "ours_cold_ms": cold_ms,
-            "ours_ms": statistics.median(ours_ms),
-            "theirs_ms": statistics.median(theirs_ms),
-            "identical": ours_body == their_body,
+            "ours_ms": statistics.median(timings["ours"]),
+            "theirs_ms": statistics.median(timings["theirs"]),
+            "ours_om_ms": statistics.median(timings["ours_om"]),
+            "theirs_om_ms": statistics.median(timings["theirs_om"]),
+            "identical": identical,
+            "om_identical": om_identical,
             "fast_reads": reader.fast_reads,
             "bytes": len(ours_body),
         }
@@ -327,10 +340,12 @@ def problems(results: dict[str, Any]) -> list[str]:
     """Invalid measurements: a body that differs, a fallback taken, a request not recorded."""
     found = []
     for s in results["scrape"]:
-        if not s["identical"] or s["fast_reads"] != s["repeats"] + 1:
+        expected_reads = 2 * s["repeats"] + 2
+        if not s["identical"] or not s["om_identical"] or s["fast_reads"] != expected_reads:
             found.append(
                 f"multiprocess {s['series']:,} x {s['workers']}: identical={s['identical']}, "
-                f"fast reads {s['fast_reads']} of {s['repeats'] + 1}"
+                f"OpenMetrics identical={s['om_identical']}, "
+                f"fast reads {s['fast_reads']} of {expected_reads}"
             )
     for name, runs in results["middleware"].items():
         for run in runs:
@@ -361,22 +376,27 @@ def render(
         "`PROMETHEUS_MULTIPROC_DIR` with the files of W workers, every worker holding every "
         "series (a quarter of the lines from histograms of 15 buckets, 15% from `livesum` "
         "and `mostrecent` gauges, the rest counters), written with prometheus_client's "
-        "`MmapedDict`. Ours = `FastMultiProcessReader.render(generate_latest)` as `MetricsApp` "
-        "and the exporter run it, text format (no Accept), no gzip, keys already cached (a "
-        "server scraped every few seconds); first = the first scrape, which parses every key. "
-        "Theirs = `MultiProcessCollector` + `generate_latest`. Alternating, median of the "
-        "repeats. Same bytes = the two bodies are byte-identical.",
+        "`MmapedDict`. Ours = `FastMultiProcessReader.render(encoder)` as `MetricsApp` and "
+        "the exporter run it, keys already cached (a server scraped every few seconds); first "
+        "= our first scrape, which parses every key. Theirs = `MultiProcessCollector` + "
+        "prometheus_client's encoder. Text = no Accept (`generate_latest`); OpenMetrics = "
+        "Prometheus' own Accept header (`application/openmetrics-text;version=1.0.0,...`, "
+        "prometheus_client's OpenMetrics encoder). No gzip. Alternating, median of the "
+        "repeats. Same bytes = our body and theirs are byte-identical, in both formats.",
         "",
-        "| series | workers | entries per worker | repeats | ours ms | first scrape ms "
-        "| MultiProcessCollector + generate_latest ms | speed-up | same bytes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| series | workers | entries per worker | repeats | first scrape ms "
+        "| text: ours ms | text: theirs ms | text speed-up "
+        "| OpenMetrics: ours ms | OpenMetrics: theirs ms | OpenMetrics speed-up | same bytes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for s in results["scrape"]:
         lines.append(
             f"| {s['series']:,} | {s['workers']} | {s['entries_per_worker']:,} | {s['repeats']} "
-            f"| {s['ours_ms']:.1f} | {s['ours_cold_ms']:.0f} | {s['theirs_ms']:.1f} "
+            f"| {s['ours_cold_ms']:.0f} | {s['ours_ms']:.1f} | {s['theirs_ms']:.1f} "
             f"| {_times(_ratio(s['theirs_ms'], s['ours_ms']))} "
-            f"| {'yes' if s['identical'] else '**NO**'} |"
+            f"| {s['ours_om_ms']:.1f} | {s['theirs_om_ms']:.1f} "
+            f"| {_times(_ratio(s['theirs_om_ms'], s['ours_om_ms']))} "
+            f"| {'yes' if s['identical'] and s['om_identical'] else '**NO**'} |"
         )
     mw = _middleware_section(summarize_variants(results["middleware"], versions), settings)
     mw[0] = "#### Multiprocess mode: middleware overhead per request"
@@ -396,8 +416,9 @@ def render(
             f"One uvicorn worker in multiprocess mode (`/ping`, PrometheusMiddleware, its "
             f"MetricsApp at `/metrics`) beside the files of {first['workers']} workers; "
             f"`GET /ping` {first['rate']:.0f} times a second for {first['seconds']:.0f} s, "
-            "latency from when each request was due. Scraped = who answers the scrapes "
-            "(gzip, no Accept: the text format): the worker itself, or the separate exporter "
+            "latency from when each request was due. Scraped = who answers the scrapes (with "
+            "the headers of the single-process scrape test, `benchmarks/_scrape.py`): the "
+            "worker itself, or the separate exporter "
             "process (`python -m gatewayz_metrics.exporter`), the worker then never scraped.",
             "",
             "| scraped | scrapes | scrape ms (median) | quiet p50 / p99 ms "

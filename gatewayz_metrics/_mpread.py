@@ -391,8 +391,23 @@ def _build_layout(
     metrics: dict[str, _Metric] = {}
     # First pass, as _read_metrics: which metric each entry belongs to, its type and mode.
     kinds = [_file_kind(path) for path, _, _ in snapshots]
-    for (_, cache, _), (typ, mode, _) in zip(snapshots, kinds, strict=True):
-        for metric_name, _, _, help_text in cache.parsed:
+    # Workers write the same series in much the same order, and entries parsed from equal
+    # keys are the same objects: where a file starts with the entries of an earlier file of
+    # its kind, it feeds the same cells (but for `all` gauges, whose cells are per pid).
+    shared: list[tuple[int, int]] = []  # per file: (earlier file, entries in common)
+    last_of_kind: dict[tuple[str, str | None], int] = {}
+    for index, ((_, cache, _), (typ, mode, _)) in enumerate(zip(snapshots, kinds, strict=True)):
+        source, start = -1, 0
+        if mode not in ("all", "liveall"):
+            earlier = last_of_kind.get((typ, mode))
+            if earlier is not None:
+                theirs = snapshots[earlier][1].parsed
+                length = min(len(cache.parsed), len(theirs))
+                if cache.parsed[:length] == theirs[:length]:
+                    source, start = earlier, length
+            last_of_kind[(typ, mode)] = index
+        shared.append((source, start))
+        for metric_name, _, _, help_text in islice(cache.parsed, start, None):
             metric = metrics.get(metric_name)
             if metric is None:
                 metric = metrics[metric_name] = _Metric(metric_name, help_text, typ)
@@ -414,12 +429,14 @@ def _build_layout(
             init.append(0.0 if how == _SUM else None)
         return found
 
-    for (_, cache, _), (typ, mode, pid) in zip(snapshots, kinds, strict=True):
+    for (_, cache, _), (typ, mode, pid), (source, start) in zip(
+        snapshots, kinds, shared, strict=True
+    ):
         how = _SUM if mode is None else _GAUGE_MODES.get(mode)
         if how is None:
             raise _UnsupportedError(mode)
-        file_cells: list[int] = []
-        for metric_name, name, labels, _ in cache.parsed:
+        file_cells = layout.file_cells[source][:start] if start else []
+        for metric_name, name, labels, _ in islice(cache.parsed, start, None):
             metric = metrics[metric_name]
             if typ == "gauge":
                 labels = (*labels, ("pid", pid or ""))

@@ -166,6 +166,46 @@ def test_random_writers_merge_exactly(
         assert_same(directory, reader)  # everything cached: values read again
 
 
+series = st.tuples(
+    st.sampled_from(KINDS), label_values, st.sampled_from(["Help.", "Other help with \\ too."])
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    common=st.lists(series, max_size=10),
+    workers=st.lists(
+        st.tuples(st.lists(values, min_size=10, max_size=10), st.lists(writes, max_size=4)),
+        min_size=2,
+        max_size=4,
+    ),
+)
+def test_workers_writing_the_same_series_merge_exactly(
+    common: list[tuple[str, str, str]],
+    workers: list[tuple[list[float], list[tuple[str, str, float, float, str]]]],
+) -> None:
+    """Workers sharing their first series (shared cells in the layout), then diverging: exact."""
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        reader = FastMultiProcessReader(directory)
+        for index, (worker_values, extra) in enumerate(workers):
+            ops = [
+                (kind, label, value, 1.0 + index, documentation)
+                for (kind, label, documentation), value in zip(
+                    common, worker_values[: len(common)], strict=True
+                )
+            ]
+            write_worker(directory, PID_BASE + index, ops + extra)
+        assert_same(directory, reader)
+        for index, (_, extra) in enumerate(workers):
+            write_worker(directory, PID_BASE + index, extra[::-1])  # more series, appended
+        assert_same(directory, reader)
+
+
 def test_a_file_replaced_in_place_is_parsed_again(tmp_path: Path) -> None:
     """Same path and size, other keys (a pid reused): the cached keys are not trusted."""
     reader = FastMultiProcessReader(tmp_path)
