@@ -4,19 +4,23 @@
 every scrape, and rebuilds every sample. But a metric file only grows and an entry's key never
 moves once written (`MmapedDict` appends entries and rewrites values in place), so here:
 
-- each file's entries are parsed once and cached by path, with the offset parsed up to; a scrape
-  reads the file, checks with one C-level `struct` unpack that the cached keys are still where
-  they were (a file replaced by the archive fold, or deleted and re-created, fails the check and
-  is parsed again), parses only what was appended, and reads the values through a `memoryview`
-  of doubles (entries are 8-byte aligned) with one `itemgetter` call;
+- each file's entries are parsed once (a key shared by several workers' files once for all)
+  and cached by path, with the file held open: while it is open its inode cannot be reused, so
+  a path still naming the same (device, inode) is the very file parsed before, and a file
+  replaced by the archive fold or deleted and re-created under a reused pid is parsed again.
+  A scrape `pread`s each file, parses only what was appended, and reads the values through a
+  `memoryview` of doubles (entries are 8-byte aligned) with one `itemgetter` call;
 - the merged layout (which sample of which metric each entry feeds, in `MultiProcessCollector`'s
-  order, with each line's escaped text prefix) is built once per set of files and entries, so
-  a scrape only combines values, in file order, with the same arithmetic as prometheus_client
-  (same order of float additions, same min/max/most-recent rules);
-- the text format is written from the cached prefixes, byte-identical to `generate_latest`.
+  order) is built once per set of files and entries, so a scrape only combines values, in file
+  order, with the same arithmetic as prometheus_client (same order of float additions, same
+  min/max/most-recent rules);
+- the text format and OpenMetrics (what Prometheus asks for) are written from cached line
+  prefixes, byte-identical to prometheus_client's encoders; any other encoder gets the merged
+  metric families, equal to `MultiProcessCollector`'s.
 
 What this does not model exactly (one metric name in files of several types or gauge modes,
-samples a text encoder would move to a `_created`/`_gsum`/`_gcount` block) falls back to
+samples a text encoder would move to a `_created`/`_gsum`/`_gcount` block, a NaN bucket
+bound) falls back to
 `MultiProcessCollector`; so does any error, counted as
 `gatewayz_metrics_internal_errors_total{component="multiprocess.fast"}`.
 
@@ -24,7 +28,9 @@ prometheus_client internals relied on (checked by the tests against the installe
 the `MmapedDict` file layout (4-byte used size, 4 bytes padding, entries of a 4-byte key length,
 the UTF-8 key padded so that the value is 8-byte aligned, a float64 value and a float64
 timestamp), `mmap_key`'s JSON `[metric_name, name, labels, help]`, the `<type>_<pid>.db` and
-`gauge_<mode>_<pid>.db` file names, and `MultiProcessCollector._accumulate_metrics`' rules.
+`gauge_<mode>_<pid>.db` file names, `MultiProcessCollector._read_metrics` and
+`_accumulate_metrics`' rules (sample order included), and the line structure of the text and
+OpenMetrics encoders (`_Format` checks what it cuts out of them).
 """
 
 from __future__ import annotations
