@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -172,3 +173,22 @@ def _exporter_pids(parent: int) -> list[int]:
         if int(fields[1]) == parent and b"gatewayz_metrics.exporter" in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def test_the_exporter_refuses_to_start_without_a_directory(tmp_path: Path) -> None:
+    """`python -m gatewayz_metrics.exporter` with no directory: exit 2, naming the variable."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "gatewayz_metrics.exporter", "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "PROMETHEUS_MULTIPROC_DIR is not set" in done.stderr
+    missing = tmp_path / "missing"
+    done = subprocess.run(
+        [sys.executable, "-m", "gatewayz_metrics.exporter", "--directory", str(missing)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert str(missing) in done.stderr
