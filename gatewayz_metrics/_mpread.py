@@ -202,9 +202,17 @@ class FastMultiProcessReader:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, registry: CollectorRegistry | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        registry: CollectorRegistry | None = None,
+        retire_dead_workers: bool = True,
     ) -> None:
         self._directory = Path(path)
+        # As multiprocess_registry: a reader whose own process writes to the directory (a
+        # worker) retires the workers that are gone. The exporter must not: its pid namespace
+        # may not be the workers' (a sidecar), where every worker would look dead.
+        self._retire = retire_dead_workers
         self._errors_registry = REGISTRY if registry is None else registry
         self._lock = threading.Lock()
         self._files: dict[str, _FileCache] = {}
@@ -276,7 +284,7 @@ class FastMultiProcessReader:
 
     def _read(self) -> tuple[_Layout, list[Any], dict[int, tuple[int, int]]]:
         directory = self._directory
-        if str(os.getpid()) in _pids_raw(directory):
+        if self._retire and str(os.getpid()) in _pids_raw(directory):
             # As multiprocess_registry does: retire workers that are gone first.
             try:
                 mark_dead_workers(directory)

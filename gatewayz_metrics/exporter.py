@@ -76,7 +76,9 @@ def make_server(
     if bearer_token is None:
         bearer_token = os.environ.get(_BEARER_TOKEN_ENV) or None
     registry = CollectorRegistry()  # the exporter's own faults, served with the metrics
-    reader = FastMultiProcessReader(directory, registry=registry)
+    # Read only: should the exporter write a file of its own (a fault counted), it must still
+    # never retire workers, which may live in another pid namespace (a sidecar container).
+    reader = FastMultiProcessReader(directory, registry=registry, retire_dead_workers=False)
     token = None if bearer_token is None else bearer_token.encode()
     handler = _handler(reader, path, token)
     return ThreadingHTTPServer((host, port), handler)

@@ -192,3 +192,25 @@ def test_the_exporter_refuses_to_start_without_a_directory(tmp_path: Path) -> No
     )  # fmt: skip
     assert done.returncode == 2
     assert str(missing) in done.stderr
+
+
+def test_the_exporter_never_retires_workers(tmp_path: Path) -> None:
+    """Even with a file of its own in the directory, the exporter retires no worker."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    for pid in (os.getpid(), 10_000_000):  # the exporter's own file; a worker it cannot see
+        db = MmapedDict(str(tmp_path / f"gauge_livesum_{pid}.db"))  # type: ignore[no-untyped-call]
+        db.write_value(mmap_key("g", "g", [], [], "G."), 1.0, 0.0)  # type: ignore[no-untyped-call]
+        db.close()  # type: ignore[no-untyped-call]
+    server = make_server(0, directory=tmp_path)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        response = httpx.get(f"http://{host!s}:{port}/metrics")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert b"g 2.0\n" in response.content
+    assert (tmp_path / "gauge_livesum_10000000.db").exists()

@@ -332,3 +332,15 @@ def test_a_live_gauge_removed_between_listing_and_reading_is_skipped(
     assert len(calls) >= 2
     assert b"g 2.0\n" in body
     assert reader.fast_reads == 1
+
+
+@pytest.mark.parametrize("retire", [True, False], ids=["worker", "exporter"])
+def test_only_a_reader_that_may_retire_retires_dead_workers(tmp_path: Path, retire: bool) -> None:
+    """A worker's reader retires dead workers as multiprocess_registry does; the exporter's not."""
+    key = mmap_key("g", "g", [], [], "G.")
+    write_file(tmp_path, "gauge_livesum", str(os.getpid()), [(key, 1.0, 0)])  # this process
+    write_file(tmp_path, "gauge_livesum", str(PID_BASE), [(key, 2.0, 0)])  # a dead worker
+    reader = FastMultiProcessReader(tmp_path, retire_dead_workers=retire)
+    body = reader.render(generate_latest)
+    assert (b"g 1.0\n" in body) is retire
+    assert (tmp_path / f"gauge_livesum_{PID_BASE}.db").exists() is not retire
