@@ -10,7 +10,10 @@ not installed is reported as such). One run measures, in this order:
    peers, each in its own subprocess, interleaved in rounds so that machine drift
    spreads over all of them; plus the domain helpers against bare prometheus_client;
 2. `/metrics` render time, bytes, sample equality and memory at 1k, 10k, 100k series;
-3. `/ping` latency while `/metrics` of 100k series is scraped, ours vs `make_asgi_app`.
+3. `/ping` latency while `/metrics` of 100k series is scraped, ours vs `make_asgi_app`;
+4. multiprocess mode (`benchmarks/_multiprocess_mode.py`): scrape time at 10k and 100k
+   series over 2, 4 and 8 workers' files against `MultiProcessCollector`, middleware
+   overhead under `PROMETHEUS_MULTIPROC_DIR`, `/ping` latency while a worker is scraped.
 
 `--quick` is the smoke-test size (a few seconds per part, 1k series only): it proves
 the harness works, its numbers mean nothing. The exit status is 0 whatever the numbers
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _multiprocess_mode
 from benchmarks._machine import Machine, version
 from benchmarks._report import (
     check_markers,
@@ -251,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     runs, domain_rounds = measure_middleware(settings, versions)
     exposition = measure_exposition(settings)
     scrape = measure_scrapes(settings)
+    multiprocess = _multiprocess_mode.measure_multiprocess(
+        quick=args.quick,
+        rounds=settings.rounds,
+        requests=settings.requests,
+        batches=settings.batches,
+        warmup=settings.warmup,
+        versions=versions,
+    )
 
     summaries = summarize_variants(runs, versions)
     domain = summarize_domain(domain_rounds)
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "description": f"{settings.describe(args.quick)}; took {time.monotonic() - started:.0f} s",
     }
     markdown = render_markdown(machine, report_settings, summaries, domain, exposition, scrape)
+    markdown += "\n\n" + _multiprocess_mode.render(multiprocess, versions, report_settings)
     sys.stdout.write(markdown + "\n")
     if args.output_markdown is not None:
         args.output_markdown.write_text(markdown + "\n", encoding="utf-8")
@@ -271,12 +284,13 @@ def main(argv: list[str] | None = None) -> int:
             "domain": domain_rounds,
             "exposition": exposition,
             "scrape": scrape,
+            "multiprocess": multiprocess,
         }
         args.output_json.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     if args.update_readme is not None:
         update_readme(args.update_readme, markdown)
 
-    problems = _problems(runs, exposition)
+    problems = _problems(runs, exposition) + _multiprocess_mode.problems(multiprocess)
     for problem in problems:
         sys.stderr.write(f"error: invalid measurement: {problem}\n")
     return 1 if problems else 0

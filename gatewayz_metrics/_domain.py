@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -54,6 +54,9 @@ from gatewayz_metrics._validation import fraction as _fraction
 from gatewayz_metrics._validation import number as _number
 from gatewayz_metrics._validation import signed as _signed
 from gatewayz_metrics._validation import status_code as _status_code
+
+if TYPE_CHECKING:
+    from gatewayz_metrics._gateway import GatewayFamilies, Pricing
 
 T = TypeVar("T")
 H = TypeVar("H")
@@ -269,6 +272,7 @@ _GAUGES: tuple[_GaugeSpec, ...] = (
 )
 
 GAUGE_FAMILIES: tuple[str, ...] = tuple(spec.name for spec in _GAUGES)
+"""Gauge families that accept a scrape-time callback (`register_gauge_callback`)."""
 
 # (metric, argument) of every drop a helper can count in invalid_values_total: created
 # at 0 with the domain metrics, so that increase() sees the first one.
@@ -308,8 +312,15 @@ _INVALID_SERIES: tuple[tuple[str, str], ...] = (
     ("active_connections", "count"),
     ("queue_size", "queue"),
     ("queue_size", "size"),
+    ("model_inference_requests_total", "attempt"),
+    *(("model_fallbacks_total", a) for a in ("from_model", "to_model", "reason")),
+    ("gateway_request_attempts", "model"),
+    ("gateway_request_attempts", "attempts"),
+    ("gateway_rejections_total", "scope"),
+    ("gateway_rejections_total", "kind"),
+    *(("provider_rate_limited_total", a) for a in ("provider", "model")),
+    *(("provider_cost_total", a) for a in ("provider", "model", "cost", "currency")),
 )
-"""Gauge families that accept a scrape-time callback (`register_gauge_callback`)."""
 
 
 class _GaugeFamily:
@@ -575,6 +586,10 @@ class _Families:
             else:
                 bound = label(spec.name, spec.label, secret=spec.label == "user_id")
             self.gauges[spec.name] = _GaugeFamily(spec, bound, registry)
+        # Imported here: the gateway module builds on this one's checks and label types.
+        from gatewayz_metrics._gateway import GatewayFamilies
+
+        self.gateway: GatewayFamilies = GatewayFamilies(self)
         self._register_all()
 
         self.inference: _ChildCache[_InferenceSeries] = _ChildCache(self._inference_series)
@@ -613,6 +628,7 @@ class _Families:
             self.rate_limited,
             self.api_key_usage,
             *self.gauges.values(),
+            *self.gateway.collectors,
         ]
         done: list[Counter | Histogram | _GaugeFamily] = []
         try:
@@ -851,12 +867,17 @@ class _DomainTracker(Tracker[H]):
 
 
 class _InferenceTracker(_DomainTracker[InferenceHandle]):
-    __slots__ = ("_exemplar", "_model", "_provider", "_series")
+    __slots__ = ("_exemplar", "_model", "_provider", "_retry", "_series")
     _component = "tracker.inference"
     _metric = "model_inference_requests_total"
 
     def __init__(
-        self, metrics: GatewayMetrics, provider: str, model: str, exemplar: object = True
+        self,
+        metrics: GatewayMetrics,
+        provider: str,
+        model: str,
+        attempt: int = 1,
+        exemplar: object = True,
     ) -> None:
         super().__init__(metrics)
         self._provider = provider
@@ -864,11 +885,20 @@ class _InferenceTracker(_DomainTracker[InferenceHandle]):
         self._exemplar = _exemplar_option(metrics, exemplar)
         # Resolved now, so bad input is reported at the call, before anything is measured.
         series: _InferenceSeries | None = None
+        retry: Counter | None = None
         try:
+            is_retry = type(attempt) is not int or attempt != 1
+            if is_retry:
+                from gatewayz_metrics._gateway import check_attempt
+
+                check_attempt(attempt)
             series = metrics._families.inference.get((provider, model))
+            if is_retry:
+                retry = metrics._families.gateway.retry.get((provider, model))
         except Exception as exc:
             metrics._dropped(self._metric, exc)
         self._series = series
+        self._retry = retry
 
     def _open(self) -> InferenceHandle:
         return InferenceHandle(
@@ -880,6 +910,8 @@ class _InferenceTracker(_DomainTracker[InferenceHandle]):
 
     def _close(self, handle: InferenceHandle, duration: float, exc: BaseException | None) -> None:
         handle._finish(duration, exc)
+        if self._retry is not None:
+            self._retry.inc()
 
 
 def _exemplar_option(metrics: GatewayMetrics, exemplar: object) -> ExemplarOption:
@@ -1141,9 +1173,14 @@ class GatewayMetrics:
         provider: str,
         model: str,
         *,
+        attempt: int = 1,
         exemplar: bool | Mapping[str, str] | Callable[[], Mapping[str, str] | None] = True,
     ) -> Tracker[InferenceHandle]:
         """Time an inference call and record its outcome; see `InferenceHandle`.
+
+        `attempt` numbers the upstream calls of one request from 1: every attempt counts
+        in `model_inference_requests_total`, and those after the first (retries and
+        fallbacks) also in `model_inference_retries_total`.
 
         `exemplar`: the duration and time-to-first-token observations carry the trace of
         the active, sampled OpenTelemetry span (`True`, the default), none (`False`), the
@@ -1151,7 +1188,7 @@ class GatewayMetrics:
         observation (a mapping or None; a function that raises or returns an invalid
         exemplar is counted, never raised).
         """
-        return _InferenceTracker(self, provider, model, exemplar)
+        return _InferenceTracker(self, provider, model, attempt, exemplar)
 
     def track_database_query(self, table: str, operation: str) -> Tracker[None]:
         """Count and time a database query (failed ones included)."""
@@ -1179,6 +1216,11 @@ class GatewayMetrics:
                 input_child.inc(input_tokens)
             if output_tokens:
                 output_child.inc(output_tokens)
+            if input_tokens is not None or output_tokens is not None:
+                # The cost of what the provider reported (a `None` part costs nothing).
+                self._families.gateway.charge_tokens(
+                    provider, model, input_tokens or 0, output_tokens or 0
+                )
         except Exception as exc:
             self._dropped("tokens_used_total", exc)
 
@@ -1222,6 +1264,56 @@ class GatewayMetrics:
             self._families.key_usage.get((api_key_id, status)).inc()
         except Exception as exc:
             self._dropped("api_key_usage_total", exc)
+
+    # --- gateway-native: fallbacks, attempts, who refused, cost (see _gateway.py) -----
+
+    def record_fallback(self, from_model: str, to_model: str, reason: str) -> None:
+        """Add one to `model_fallbacks_total`; `reason` is one of `FALLBACK_REASONS`."""
+        try:
+            self._families.gateway.record_fallback(from_model, to_model, reason)
+        except Exception as exc:
+            self._dropped("model_fallbacks_total", exc)
+
+    def record_request_attempts(self, model: str, attempts: int) -> None:
+        """Observe the upstream attempts (>= 1) one request took, by the model asked for,
+        in `gateway_request_attempts`."""
+        try:
+            self._families.gateway.record_request_attempts(model, attempts)
+        except Exception as exc:
+            self._dropped("gateway_request_attempts", exc)
+
+    def record_gateway_rejection(self, scope: str, kind: str) -> None:
+        """Add one to `gateway_rejections_total`: a request the gateway's own limit
+        refused (`scope` in `REJECTION_SCOPES`, `kind` in `REJECTION_KINDS`)."""
+        try:
+            self._families.gateway.record_gateway_rejection(scope, kind)
+        except Exception as exc:
+            self._dropped("gateway_rejections_total", exc)
+
+    def record_upstream_rate_limited(self, provider: str, model: str) -> None:
+        """Add one to `provider_rate_limited_total`: the provider refused a call (429)."""
+        try:
+            self._families.gateway.record_upstream_rate_limited(provider, model)
+        except Exception as exc:
+            self._dropped("provider_rate_limited_total", exc)
+
+    def record_provider_cost(
+        self, provider: str, model: str, cost: float | None, currency: str = "USD"
+    ) -> None:
+        """Add `cost` to `provider_cost_total`; `None` (price unknown) adds one to
+        `inference_unpriced_total` instead."""
+        try:
+            self._families.gateway.record_provider_cost(provider, model, cost, currency)
+        except Exception as exc:
+            self._dropped("provider_cost_total", exc)
+
+    def set_pricing(self, prices: Pricing | None) -> None:
+        """Price every `record_tokens_used` (and `set_usage`) from `{(provider, model):
+        ModelPrice}` into `provider_cost_total`; calls of a pair without a price count in
+        `inference_unpriced_total`. `None` stops pricing. Shared by the registry's instances."""
+        from gatewayz_metrics._gateway import check_pricing
+
+        self._families.gateway.pricing = check_pricing(prices)
 
     # --- set_* ---------------------------------------------------------------------
 
@@ -1375,10 +1467,13 @@ def track_model_inference(
     provider: str,
     model: str,
     *,
+    attempt: int = 1,
     exemplar: bool | Mapping[str, str] | Callable[[], Mapping[str, str] | None] = True,
 ) -> Tracker[InferenceHandle]:
     """`GatewayMetrics.track_model_inference` on the default registry."""
-    return (_default or default_metrics()).track_model_inference(provider, model, exemplar=exemplar)
+    return (_default or default_metrics()).track_model_inference(
+        provider, model, attempt=attempt, exemplar=exemplar
+    )
 
 
 def track_database_query(table: str, operation: str) -> Tracker[None]:
@@ -1469,3 +1564,35 @@ def set_active_connections(connection_type: str, count: int | None) -> None:
 def set_queue_size(queue: str, size: int | None) -> None:
     """`GatewayMetrics.set_queue_size` on the default registry."""
     (_default or default_metrics()).set_queue_size(queue, size)
+
+
+def record_fallback(from_model: str, to_model: str, reason: str) -> None:
+    """`GatewayMetrics.record_fallback` on the default registry."""
+    (_default or default_metrics()).record_fallback(from_model, to_model, reason)
+
+
+def record_request_attempts(model: str, attempts: int) -> None:
+    """`GatewayMetrics.record_request_attempts` on the default registry."""
+    (_default or default_metrics()).record_request_attempts(model, attempts)
+
+
+def record_gateway_rejection(scope: str, kind: str) -> None:
+    """`GatewayMetrics.record_gateway_rejection` on the default registry."""
+    (_default or default_metrics()).record_gateway_rejection(scope, kind)
+
+
+def record_upstream_rate_limited(provider: str, model: str) -> None:
+    """`GatewayMetrics.record_upstream_rate_limited` on the default registry."""
+    (_default or default_metrics()).record_upstream_rate_limited(provider, model)
+
+
+def record_provider_cost(
+    provider: str, model: str, cost: float | None, currency: str = "USD"
+) -> None:
+    """`GatewayMetrics.record_provider_cost` on the default registry."""
+    (_default or default_metrics()).record_provider_cost(provider, model, cost, currency)
+
+
+def set_pricing(prices: Pricing | None) -> None:
+    """`GatewayMetrics.set_pricing` on the default registry."""
+    (_default or default_metrics()).set_pricing(prices)

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from gatewayz_metrics._aio import Waitable, is_cancellation, loop_token, new_event, run_sync, spawn
 from gatewayz_metrics._internal import logger, report_internal_error
+from gatewayz_metrics._mpread import FastMultiProcessReader
 from gatewayz_metrics._multiprocess import MultiprocDirError, send_unavailable
 from gatewayz_metrics._registry import resolve_registry
 from gatewayz_metrics._render import CollectorError, TextRenderer
@@ -138,6 +139,7 @@ class MetricsApp:
         """Renders performed since start; below `scrapes` when scrapes shared a render."""
         self._logged_failures: set[str] = set()
         self._renderer = TextRenderer()
+        self._mp_reader: FastMultiProcessReader | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -288,11 +290,22 @@ class MetricsApp:
         _, names, compress = key
         with self._counts_lock:
             self.renders += 1
-        source: Collector = self._source()
-        if names:
-            source = self._restricted(names, source)
-        body = encoder(source)
+        if self._multiprocess and not names:
+            body = self._multiprocess_reader().render(encoder)
+        else:
+            source: Collector = self._source()
+            if names:
+                source = self._restricted(names, source)
+            body = encoder(source)
         return gzip.compress(body, compresslevel=6) if compress else body
+
+    def _multiprocess_reader(self) -> FastMultiProcessReader:
+        # One per app: it keeps the keys parsed from the workers' files between scrapes.
+        with self._counts_lock:
+            if self._mp_reader is None:
+                directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+                self._mp_reader = FastMultiProcessReader(directory, registry=self.registry)
+            return self._mp_reader
 
     def _source(self) -> Collector:
         if not self._multiprocess:

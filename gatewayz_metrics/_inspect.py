@@ -57,6 +57,7 @@ _OVERFLOW_VALUE = "__other__"
 # Labels whose values are numbers by construction: never a secret, never a cardinality
 # question of their own (their count is the bucket layout).
 _STRUCTURAL_LABELS = frozenset({"le", "quantile"})
+_SELF_PREFIX = "gatewayz_metrics_"
 _SELF_METRICS = (
     "gatewayz_metrics_label_overflow",
     "gatewayz_metrics_internal_errors",
@@ -371,8 +372,14 @@ def render_text(report: Report, *, families: int = 20, labels: int = 15) -> str:
     if len(report.families) > families:
         out.append(f"  ... {len(report.families) - families} more (--families N, or --json)")
     out.append("")
+    # The self-metrics have a section of their own; their labels would crowd the table.
     ranked = sorted(
-        ((f, label) for f in report.families for label in f.labels),
+        (
+            (f, label)
+            for f in report.families
+            for label in f.labels
+            if not f.name.startswith(_SELF_PREFIX)
+        ),
         key=lambda pair: (-pair[1].values, pair[0].name, pair[1].name),
     )
     out.append("Labels by distinct values")

@@ -81,6 +81,11 @@ token after one is a secret whatever it looks like."""
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.+/=~:]+")
 _OWN_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{12}")
 _HEX = re.compile(r"(?=[0-9a-fA-F]*[0-9])(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]+")
+# Segments of a readable id (`mixtral-8x22b-instruct`, `Llama-3.1-405B-Instruct`): two
+# words of four letters or more between separators read as a name, and only
+# the other segments are judged as possible tokens (a capital first letter is a word too).
+_WORD_SEPARATORS = re.compile(r"[-_.]+")
+_WORD = re.compile(r"[A-Za-z][a-z]{3,}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Tokens are separated by whitespace and list punctuation; quotes, brackets and sentence
 # punctuation around a token are wrapping, not part of it. `=` stays: base64 padding.
@@ -180,6 +185,13 @@ def _looks_like_token(value: str) -> bool:
         return False
     if _HEX.fullmatch(value):
         return True  # 20+ hex digits mixing digits and letters: a key or a hash, not a name
+    segments = _WORD_SEPARATORS.split(value)
+    if sum(1 for segment in segments if _WORD.fullmatch(segment)) >= 2:
+        return any(
+            _looks_like_token(segment)
+            for segment in segments
+            if len(segment) >= _MIN_TOKEN_LENGTH and not _WORD.fullmatch(segment)
+        )
     alnum = [c for c in value if c.isascii() and c.isalnum()]
     if len(alnum) < _MIN_ALNUM:
         return False

@@ -53,8 +53,22 @@ def test_credentials_look_like_secrets(value: str) -> None:
         "enterprise_customer_0001",
         "sha256:0123456789ab",
         "sk-short",
+        "openrouter/mistralai/mixtral-8x22b-instruct",
+        "meta-llama/Meta-Llama-3.1-405B-Instruct-Turbo",
     ],
-    ids=["user123", "key_42", "email", "uuid", "tenant", "org-name", "padded", "fingerprint", "sk"],
+    ids=[
+        "user123",
+        "key_42",
+        "email",
+        "uuid",
+        "tenant",
+        "org-name",
+        "padded",
+        "fingerprint",
+        "sk",
+        "model-path",
+        "model-mixed-case",
+    ],
 )
 def test_plain_ids_stay_readable(value: str) -> None:
     """Readable ids, UUIDs and our own fingerprints are not taken for secrets."""

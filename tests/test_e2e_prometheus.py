@@ -237,6 +237,20 @@ async def test_every_dashboard_query_and_recording_rule_has_data(
             leaked = [v for v in values if not v.startswith("sha256:")]
             assert set(leaked) <= {"unknown", "anonymous"}, (label, leaked)
 
+        # Who refused: each of the demo's own limits, apart from the provider that answers 429;
+        # and the model without a price was counted as such.
+        for expr in (
+            'gateway_rejections_total{scope="key", kind="rpm"}',
+            'gateway_rejections_total{scope="key", kind="concurrency"}',
+            'gateway_rejections_total{scope="user", kind="credits"}',
+            'provider_rate_limited_total{provider="openrouter"}',
+            'inference_unpriced_total{model="openrouter/mistralai/mixtral-8x22b-instruct"}',
+            "model_fallbacks_total > 0",
+            'gateway_request_attempts_bucket{le="1.0"}'
+            " < ignoring (le) gateway_request_attempts_count",
+        ):
+            assert (await api(client, "/api/v1/query", query=expr))["result"], expr
+
         # The demo's outage window fell inside the run: the availability panel saw it.
         down = await api(client, "/api/v1/query", query="min_over_time(provider_availability[5m])")
         assert any(float(sample["value"][1]) == 0 for sample in down["result"]), down

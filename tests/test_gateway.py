@@ -43,12 +43,13 @@ from gatewayz_metrics._secrets import fingerprint
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {demo.owner: demo.key for demo in DEMO_KEYS}
 CREDITS = {demo.owner: demo.credits for demo in DEMO_KEYS}
+ACTIVE_KEYS = sum(1 for demo in DEMO_KEYS if demo.active)
 ALICE = KEYS["alice"]
 MODEL = "openai/gpt-4o"
 OPENAI = {"provider": "openai", "model": MODEL}
 CATALOG = model_catalog(DEFAULT_PROVIDERS)
 RELIABLE = tuple(
-    dataclasses.replace(profile, error_rate=0.0, timeout_rate=0.0, outages=())
+    dataclasses.replace(profile, error_rate=0.0, timeout_rate=0.0, rate_limit_rate=0.0, outages=())
     for profile in DEFAULT_PROVIDERS
 )
 """The demo's providers without failures: outcomes that do not depend on the seed."""
@@ -335,7 +336,9 @@ async def test_an_outage_makes_the_provider_unavailable(registry: CollectorRegis
     """During an outage calls fail (502) and, after three failed probes or calls, the health
     monitor reports the provider unavailable with its error rate; the others stay up."""
     down = dataclasses.replace(RELIABLE[0], outages=(OutageWindow(start=0, duration=1e9),))
-    app = app_with(registry, dataclasses.replace(FAST, providers=(down, *RELIABLE[1:])))
+    # No fallback chains: the request would otherwise succeed on another provider.
+    settings = dataclasses.replace(FAST, providers=(down, *RELIABLE[1:]), fallbacks={})
+    app = app_with(registry, settings)
     gateway: Gateway = app.state.gateway
     async with client_for(app) as http:
         assert (await post(http, chat())).status_code == 502
@@ -416,7 +419,7 @@ async def test_state_gauges_are_read_from_the_database_at_scrape_time(
 ) -> None:
     """Keys, trials, subscriptions and balances come from the database when scraped; the
     balance moves with spending, keyed by the key's fingerprint."""
-    assert value(registry, "active_api_keys", status="active") == 8
+    assert value(registry, "active_api_keys", status="active") == ACTIVE_KEYS
     assert value(registry, "active_api_keys", status="inactive") == 1
     assert value(registry, "trial_active", status="active") == 1
     assert value(registry, "trial_active", status="expired") == 1
@@ -552,7 +555,8 @@ def test_importing_the_app_module_registers_nothing_until_app_is_used() -> None:
         "assert REGISTRY.get_sample_value('active_api_keys', {'status': 'active'}) is None\n"
         "from fastapi import FastAPI\n"
         "assert isinstance(module.app, FastAPI) and module.app is module.app\n"
-        "assert REGISTRY.get_sample_value('active_api_keys', {'status': 'active'}) == 8\n"
+        "assert REGISTRY.get_sample_value('active_api_keys', {'status': 'active'}) == "
+        f"{ACTIVE_KEYS}\n"
         "print('ok')\n"
     )
     result = subprocess.run(
@@ -658,11 +662,17 @@ def test_the_load_cli_explains_a_refusal(capsys: pytest.CaptureFixture[str]) -> 
 
 async def test_drive_sends_every_scenario_of_its_mix(registry: CollectorRegistry) -> None:
     """One run of `drive` covers every scenario of the deck and counts answers by status."""
+    wanted = {"200", "400", "401", "402", "404", "429"}
     app = app_with(registry, FAST)
     async with client_for(app) as http:
-        summary = await load.drive(http, duration=1.0, concurrency=2, seed=3)
+        # A 429 needs a burst past the key's limit within its window: on a loaded machine
+        # one second of driving may not get there, so drive again (bounded) until it does.
+        for _ in range(8):
+            summary = await load.drive(http, duration=1.0, concurrency=2, seed=3)
+            if wanted <= set(summary["by_status"]):
+                break
     app.state.gateway.close()
     assert set(summary["by_scenario"]) == {name for name, _ in load._DECK}
     assert summary["requests"] == sum(summary["by_status"].values())
     assert summary["transport_errors"] == 0
-    assert {"200", "400", "401", "402", "404", "429"} <= set(summary["by_status"])
+    assert wanted <= set(summary["by_status"])

@@ -107,6 +107,13 @@ METRIC_LABELS: dict[str, frozenset[str]] = {
         "gatewayz_metrics_label_overflow_total": "metric label",
         "gatewayz_metrics_internal_errors_total": "component",
         "gatewayz_metrics_invalid_values_total": "metric argument",
+        "model_fallbacks_total": "from_model to_model reason",
+        "model_inference_retries_total": "provider model",
+        "gateway_request_attempts": "model",
+        "gateway_rejections_total": "scope kind",
+        "provider_rate_limited_total": "provider model",
+        "provider_cost_total": "provider model currency",
+        "inference_unpriced_total": "provider model",
     }.items()
 }
 RECORDED_METRICS = frozenset(name for name, _ in RECORDING_RULES)
@@ -233,7 +240,7 @@ def _histogram_series() -> set[str]:
     return {
         f"{name}{suffix}"
         for name in METRIC_LABELS
-        if name.endswith("_seconds")
+        if name.endswith("_seconds") or name == "gateway_request_attempts"
         for suffix in ("_bucket", "_sum", "_count")
     }
 

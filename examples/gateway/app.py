@@ -16,6 +16,14 @@ What feeds each family (nothing is set from a timer that invents values):
 - `database_*`: every SQLite query runs inside `track_database_query(table, operation)`;
 - `cache_*`: the response cache (hit or miss per lookup, its size after every change);
 - `rate_limited_requests_total`, `current_rate_limit`: the token buckets (global, per key);
+- `gateway_rejections_total`: every refusal by the gateway's own limits (key and global
+  requests per second, a key's concurrency cap, a user without credits);
+- `model_fallbacks_total`, `model_inference_retries_total`, `gateway_request_attempts`: each
+  model has a fallback chain (`DEFAULT_FALLBACKS`); a failed, timed-out or rate-limited
+  attempt before the first token moves the request to the next model;
+- `provider_rate_limited_total`: a provider's own 429 (openrouter refuses some calls);
+- `provider_cost_total`, `inference_unpriced_total`: the providers' prices per million tokens
+  (`ModelInfo.cost`) as the metrics' pricing table; mixtral has no known price;
 - `provider_*`: a background task, from health probes and the provider's recent results;
 - `active_api_keys`, `trial_active`, `subscription_count`, `user_credit_balance`: read from
   the database by scrape-time callbacks;
@@ -41,7 +49,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -58,13 +66,14 @@ from examples.gateway.providers import (
     ModelInfo,
     ProviderError,
     ProviderProfile,
+    ProviderRateLimitedError,
     SimulatedProvider,
     Usage,
     estimate_tokens,
     model_catalog,
 )
 from examples.gateway.tracing import enable_tracing, tracing_wanted
-from gatewayz_metrics import GatewayMetrics, InferenceHandle, PrometheusMiddleware
+from gatewayz_metrics import GatewayMetrics, InferenceHandle, ModelPrice, PrometheusMiddleware
 
 logger = logging.getLogger("examples.gateway")
 
@@ -72,6 +81,29 @@ CACHE_NAME = "completions"
 PAID_PLANS = ("pro", "team", "enterprise")
 UNAVAILABLE_AFTER_FAILURES = 3
 """Consecutive failed calls or probes after which a provider counts as unavailable."""
+
+DEFAULT_FALLBACKS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "openai/gpt-4o": ("anthropic/claude-3-5-sonnet",),
+        "openai/gpt-4o-mini": ("anthropic/claude-3-5-haiku",),
+        "anthropic/claude-3-5-sonnet": ("openai/gpt-4o",),
+        "anthropic/claude-3-5-haiku": ("openai/gpt-4o-mini",),
+        "openrouter/meta-llama/llama-3.1-70b-instruct": (
+            "together/meta-llama/llama-3.1-8b-instruct",
+        ),
+        "openrouter/mistralai/mixtral-8x22b-instruct": ("openai/gpt-4o-mini",),
+        "together/meta-llama/llama-3.1-8b-instruct": (
+            "openrouter/meta-llama/llama-3.1-70b-instruct",
+            "openai/gpt-4o-mini",
+        ),
+        "together/qwen/qwen-2.5-72b-instruct": (
+            "openrouter/mistralai/mixtral-8x22b-instruct",
+            "openai/gpt-4o",
+        ),
+    }
+)
+"""Where a request goes when its model fails before the first token: the models to try next,
+in order. A stream that has started cannot move (its first tokens are already sent)."""
 
 # --- settings ----------------------------------------------------------------------------
 
@@ -136,6 +168,8 @@ class Settings:
     database: str = ":memory:"
     """SQLite database: `:memory:` or a file path, reseeded at start (`GATEWAYZ_DEMO_DATABASE`)."""
     providers: tuple[ProviderProfile, ...] = DEFAULT_PROVIDERS
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_FALLBACKS)
+    """Fallback chains by model id; models missing from `providers` are skipped."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -190,7 +224,7 @@ class Settings:
 
 # --- the demo's API keys -------------------------------------------------------------------
 
-KeyRole = Literal["regular", "trial", "rate_limited", "no_credits", "revoked"]
+KeyRole = Literal["regular", "trial", "rate_limited", "no_credits", "revoked", "one_at_a_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +240,8 @@ class DemoKey:
     trial_status: str | None = None
     rate_per_second: float = 20.0
     burst: int = 40
+    max_concurrency: int | None = None
+    """Requests of this key in flight at once before the gateway refuses more (None: no cap)."""
 
 
 DEMO_KEYS: tuple[DemoKey, ...] = (
@@ -251,9 +287,12 @@ DEMO_KEYS: tuple[DemoKey, ...] = (
         burst=2,
     ),
     DemoKey("sk-demo-ivan-1c9f5b40a3", "ivan", "revoked", "pro", 100.0, active=False),
+    # One request at a time: a client that sends two at once gets 429 for the second.
+    DemoKey("sk-demo-judy-8a3f6c02d5", "judy", "one_at_a_time", "free", 5000.0, max_concurrency=1),
 )
-"""Demo keys: regular ones, a trial, two with a tiny rate limit, two without credits and one
-revoked. They look like real keys on purpose: none of them may appear in /metrics."""
+"""Demo keys: regular ones, a trial, two with a tiny rate limit, two without credits, one
+revoked and one allowed a single request at a time. They look like real keys on purpose: none
+of them may appear in /metrics."""
 
 UNKNOWN_KEY = "sk-demo-mallory-0000000000"
 """A well-formed key that is not in the database (401)."""
@@ -271,6 +310,7 @@ class KeyRecord:
     trial_status: str | None
     rate_per_second: float
     burst: int
+    max_concurrency: int | None = None
 
 
 _SCHEMA = """
@@ -281,7 +321,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     active INTEGER NOT NULL,
     trial_status TEXT,
     rate_per_second REAL NOT NULL,
-    burst INTEGER NOT NULL
+    burst INTEGER NOT NULL,
+    max_concurrency INTEGER
 );
 CREATE TABLE IF NOT EXISTS credit_balances (
     key TEXT PRIMARY KEY REFERENCES api_keys (key),
@@ -334,7 +375,7 @@ class Database:
             self._run(
                 "api_keys",
                 "insert",
-                "INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     demo.key,
                     demo.owner,
@@ -343,6 +384,7 @@ class Database:
                     demo.trial_status,
                     demo.rate_per_second,
                     demo.burst,
+                    demo.max_concurrency,
                 ),
             )
             self._run(
@@ -356,14 +398,23 @@ class Database:
         rows = self._run(
             "api_keys",
             "select",
-            "SELECT key, owner, plan, active, trial_status, rate_per_second, burst "
-            "FROM api_keys WHERE key = ?",
+            "SELECT key, owner, plan, active, trial_status, rate_per_second, burst, "
+            "max_concurrency FROM api_keys WHERE key = ?",
             (key,),
         )
         if not rows:
             return None
-        key, owner, plan, active, trial_status, rate, burst = rows[0]
-        return KeyRecord(key, owner, plan, bool(active), trial_status, float(rate), int(burst))
+        key, owner, plan, active, trial_status, rate, burst, cap = rows[0]
+        return KeyRecord(
+            key,
+            owner,
+            plan,
+            bool(active),
+            trial_status,
+            float(rate),
+            int(burst),
+            None if cap is None else int(cap),
+        )
 
     def balance(self, key: str) -> float:
         rows = self._run(
@@ -736,6 +787,23 @@ def _usage(usage: Usage) -> dict[str, int]:
     }
 
 
+class _KeySlot:
+    """One of a key's concurrent request slots; released once, by the request or its stream."""
+
+    __slots__ = ("_counts", "_key", "handed_over", "released")
+
+    def __init__(self, counts: dict[str, int], key: str) -> None:
+        self._counts = counts
+        self._key = key
+        self.handed_over = False
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._counts[self._key] -= 1
+
+
 @dataclass(slots=True)
 class _Stream:
     """A streamed call whose inference block stays open while its response is sent."""
@@ -804,9 +872,31 @@ class Gateway:
             )
             for profile in settings.providers
         }
+        # Each model's chain: itself, then its fallbacks that this gateway serves.
+        self.chains = {
+            model_id: (
+                model,
+                *(
+                    self.catalog[f]
+                    for f in settings.fallbacks.get(model_id, ())
+                    if f in self.catalog
+                ),
+            )
+            for model_id, model in self.catalog.items()
+        }
         now = time.monotonic()
         self.global_bucket = TokenBucket(settings.global_rate, settings.global_burst, now)
         self.key_buckets: dict[str, TokenBucket] = {}
+        self.in_flight_by_key: dict[str, int] = {}
+        # What providers charge us, so every call's usage is priced (provider_cost_total);
+        # a model without a known cost counts in inference_unpriced_total.
+        metrics.set_pricing(
+            {
+                (model.provider, model.id): ModelPrice(*model.cost)
+                for model in self.catalog.values()
+                if model.cost is not None
+            }
+        )
         metrics.set_cache_size(CACHE_NAME, 0)
         metrics.set_rate_limit_remaining("global", self.global_bucket.remaining())
         self._register_callbacks()
@@ -946,6 +1036,8 @@ class Gateway:
 
     def _refuse_rate_limited(self, key: KeyRecord, limit_type: str, bucket: TokenBucket) -> None:
         self.metrics.record_rate_limited(limit_type)
+        # Who refused: the gateway itself, by scope and kind (never a provider's 429).
+        self.metrics.record_gateway_rejection("global" if limit_type == "global" else "key", "rpm")
         self.metrics.record_api_key_usage(key.key, "rate_limited")
         raise _RefusalError(
             _error(
@@ -977,10 +1069,28 @@ class Gateway:
 
     def _check_credits(self, key: KeyRecord) -> None:
         if self.db.balance(key.key) <= 0:
+            self.metrics.record_gateway_rejection("user", "credits")
             self.metrics.record_api_key_usage(key.key, "insufficient_credits")
             raise _RefusalError(
                 _error(402, "insufficient credits: top up to continue", "insufficient_credits")
             )
+
+    def _hold(self, key: KeyRecord) -> _KeySlot:
+        """Take one of the key's concurrent request slots, or refuse (429)."""
+        in_flight = self.in_flight_by_key.get(key.key, 0)
+        if key.max_concurrency is not None and in_flight >= key.max_concurrency:
+            self.metrics.record_rate_limited("concurrency")
+            self.metrics.record_gateway_rejection("key", "concurrency")
+            self.metrics.record_api_key_usage(key.key, "rate_limited")
+            raise _RefusalError(
+                _error(
+                    429,
+                    f"too many concurrent requests (at most {key.max_concurrency} at a time)",
+                    "concurrency_limit_exceeded",
+                )
+            )
+        self.in_flight_by_key[key.key] = in_flight + 1
+        return _KeySlot(self.in_flight_by_key, key.key)
 
     # --- completion ------------------------------------------------------------------
 
@@ -991,22 +1101,42 @@ class Gateway:
             body = self._parse(await request.body(), key)
             model = self._model(body, key)
             self._check_credits(key)
+            slot = self._hold(key)
         except _RefusalError as refusal:
             return refusal.response
-        messages = [(message.role, message.content) for message in body.messages]
-        call = _Call(key, body, model, ResponseCache.key(model.id, messages, body.max_tokens))
-        cached = self.cache.get(call.cache_key)
-        if cached is not None:
-            self.metrics.record_cache_hit(CACHE_NAME)
-            self.metrics.record_api_key_usage(key.key, "success")
-            return self._cached(call, cached, {**headers, "x-gatewayz-cache": "hit"})
-        self.metrics.record_cache_miss(CACHE_NAME)
-        headers["x-gatewayz-cache"] = "miss"
-        if body.stream:
-            return await self._stream(call, headers)
-        return await self._complete(call, headers)
+        try:
+            messages = [(message.role, message.content) for message in body.messages]
+            call = _Call(key, body, model, ResponseCache.key(model.id, messages, body.max_tokens))
+            cached = self.cache.get(call.cache_key)
+            if cached is not None:
+                self.metrics.record_cache_hit(CACHE_NAME)
+                self.metrics.record_api_key_usage(key.key, "success")
+                return self._cached(call, cached, {**headers, "x-gatewayz-cache": "hit"})
+            self.metrics.record_cache_miss(CACHE_NAME)
+            headers["x-gatewayz-cache"] = "miss"
+            if body.stream:
+                return await self._stream(call, headers, slot)
+            return await self._complete(call, headers)
+        finally:
+            if not slot.handed_over:
+                slot.release()
+
+    def _failed_attempt(self, model: ModelInfo, exc: BaseException) -> str:
+        """Record what a failed attempt tells, and the reason to fall back for it."""
+        if isinstance(exc, ProviderRateLimitedError):
+            # The provider's own limit: per provider, apart from the gateway's rejections.
+            self.metrics.record_upstream_rate_limited(model.provider, model.id)
+            return "rate_limited"
+        if isinstance(exc, asyncio.TimeoutError):
+            return "timeout"
+        return "error"
 
     def _upstream_failed(self, call: _Call, exc: BaseException) -> Response:
+        if isinstance(exc, ProviderRateLimitedError):
+            self.metrics.record_api_key_usage(call.key.key, "upstream_rate_limited")
+            return _error(
+                429, f"{call.model.provider} is rate limiting us", "upstream_rate_limited"
+            )
         if isinstance(exc, asyncio.TimeoutError):
             self.metrics.record_api_key_usage(call.key.key, "upstream_timeout")
             return _error(504, f"{call.model.provider} did not answer in time", "upstream_timeout")
@@ -1025,49 +1155,92 @@ class Gateway:
         self.metrics.set_cache_size(CACHE_NAME, self.cache.size_bytes)
 
     async def _complete(self, call: _Call, headers: dict[str, str]) -> Response:
-        model = call.model
-        upstream = self.upstreams[model.provider]
+        requested, attempts, reason = call.model, 0, ""
+        failure: BaseException | None = None
         try:
-            async with upstream.call():
-                with self.metrics.track_model_inference(model.provider, model.id) as inference:
-                    completion = await asyncio.wait_for(
-                        upstream.provider.complete(call.prompts, max_tokens=call.body.max_tokens),
-                        self.settings.upstream_timeout,
-                    )
-                    inference.set_usage(
-                        input_tokens=completion.usage.prompt_tokens,
-                        output_tokens=completion.usage.completion_tokens,
-                    )
-        except (ProviderError, asyncio.TimeoutError) as exc:
-            return self._upstream_failed(call, exc)
-        self._settle(call, completion)
-        return JSONResponse(call.completion(completion), headers=headers)
-
-    async def _stream(self, call: _Call, headers: dict[str, str]) -> Response:
-        model = call.model
-        upstream = self.upstreams[model.provider]
-        try:
-            async with AsyncExitStack() as context:
-                slot = await context.enter_async_context(upstream.call())
-                inference = context.enter_context(
-                    self.metrics.track_model_inference(model.provider, model.id)
-                )
-                chunks = upstream.provider.stream(call.prompts, max_tokens=call.body.max_tokens)
-                context.push_async_callback(chunks.aclose)
+            for model in self.chains[requested.id]:
+                if failure is not None:
+                    self.metrics.record_fallback(call.model.id, model.id, reason)
+                call.model = model
+                attempts += 1
+                upstream = self.upstreams[model.provider]
                 try:
-                    first = await asyncio.wait_for(anext(chunks), self.settings.upstream_timeout)
-                except StopAsyncIteration:
-                    raise ProviderError(f"{model.provider} closed the stream at once") from None
-                if first.text:
-                    inference.first_token()
-                # From here on the response owns the context (see _InferenceStreamResponse).
-                owned = context.pop_all()
-        except (ProviderError, asyncio.TimeoutError) as exc:
-            return self._upstream_failed(call, exc)
+                    async with upstream.call():
+                        with self.metrics.track_model_inference(
+                            model.provider, model.id, attempt=attempts
+                        ) as inference:
+                            completion = await asyncio.wait_for(
+                                upstream.provider.complete(
+                                    call.prompts, max_tokens=call.body.max_tokens
+                                ),
+                                self.settings.upstream_timeout,
+                            )
+                            inference.set_usage(
+                                input_tokens=completion.usage.prompt_tokens,
+                                output_tokens=completion.usage.completion_tokens,
+                            )
+                except (ProviderError, asyncio.TimeoutError) as exc:
+                    failure, reason = exc, self._failed_attempt(model, exc)
+                    continue
+                self._settle(call, completion)
+                return JSONResponse(call.completion(completion), headers=headers)
+        finally:
+            if attempts:
+                self.metrics.record_request_attempts(requested.id, attempts)
+        assert failure is not None  # every model of the chain failed
+        return self._upstream_failed(call, failure)
+
+    async def _stream(self, call: _Call, headers: dict[str, str], key_slot: _KeySlot) -> Response:
+        requested, attempts, reason = call.model, 0, ""
+        failure: BaseException | None = None
+        try:
+            for model in self.chains[requested.id]:
+                if failure is not None:
+                    self.metrics.record_fallback(call.model.id, model.id, reason)
+                call.model = model
+                attempts += 1
+                try:
+                    slot, inference, first, chunks, owned = await self._open_stream(
+                        call, model, attempts
+                    )
+                except (ProviderError, asyncio.TimeoutError) as exc:
+                    failure, reason = exc, self._failed_attempt(model, exc)
+                    continue
+                break
+            else:
+                assert failure is not None
+                return self._upstream_failed(call, failure)
+        finally:
+            if attempts:
+                self.metrics.record_request_attempts(requested.id, attempts)
+        # The key's concurrency slot is held until the stream ends, like the connection slot.
+        owned.callback(key_slot.release)
+        key_slot.handed_over = True
         stream = _Stream(call, inference, slot)
         return _InferenceStreamResponse(
             self._events(stream, first, chunks), stream=stream, context=owned, headers=headers
         )
+
+    async def _open_stream(
+        self, call: _Call, model: ModelInfo, attempt: int
+    ) -> tuple[UpstreamCall, InferenceHandle, Chunk, AsyncGenerator[Chunk, None], AsyncExitStack]:
+        """One streamed attempt up to its first chunk; the returned context owns the rest."""
+        upstream = self.upstreams[model.provider]
+        async with AsyncExitStack() as context:
+            slot = await context.enter_async_context(upstream.call())
+            inference = context.enter_context(
+                self.metrics.track_model_inference(model.provider, model.id, attempt=attempt)
+            )
+            chunks = upstream.provider.stream(call.prompts, max_tokens=call.body.max_tokens)
+            context.push_async_callback(chunks.aclose)
+            try:
+                first = await asyncio.wait_for(anext(chunks), self.settings.upstream_timeout)
+            except StopAsyncIteration:
+                raise ProviderError(f"{model.provider} closed the stream at once") from None
+            if first.text:
+                inference.first_token()
+            # From here on the response owns the context (see _InferenceStreamResponse).
+            return slot, inference, first, chunks, context.pop_all()
 
     async def _events(
         self, stream: _Stream, first: Chunk, chunks: AsyncGenerator[Chunk, None]

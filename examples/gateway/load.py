@@ -4,9 +4,10 @@
 
 Each client draws its next request from a shuffled deck of scenarios, so every scenario
 occurs in every few dozen requests: completions and streams over several providers and
-models, repeated prompts (cache hits), keys with a tiny rate limit (429), an unknown key and
-a revoked one (401), keys without credits (402), an unknown model (404), a malformed body
-(400), a provider with outage windows (502 while it is down), and the read-only endpoints.
+models, repeated prompts (cache hits), keys with a tiny rate limit (429), a key allowed one
+request at a time sending two at once (429), an unknown key and a revoked one (401), keys
+without credits (402), an unknown model (404), a malformed body (400), a provider with outage
+windows (its models fall back to others while it is down), and the read-only endpoints.
 
 `run_load(url, duration, ...)` does the same from Python and returns the summary; `drive()`
 runs the same traffic on any `httpx.AsyncClient` (the demo's built-in traffic uses it
@@ -69,6 +70,7 @@ _DECK: tuple[tuple[str, int], ...] = (
     ("cached_prompt", 5),
     ("outage_provider", 2),
     ("rate_limited_key", 3),
+    ("concurrent_pair", 1),
     ("trial_key", 1),
     ("no_credits", 1),
     ("invalid_key", 1),
@@ -136,6 +138,7 @@ class _Client:
             "cached_prompt": self._cached_prompt,
             "outage_provider": self._outage_provider,
             "rate_limited_key": lambda: self._chat(self._key("rate_limited")),
+            "concurrent_pair": self._concurrent_pair,
             "trial_key": lambda: self._chat(self._key("trial")),
             "no_credits": lambda: self._chat(self._key("no_credits")),
             "invalid_key": lambda: self._chat(UNKNOWN_KEY),
@@ -204,6 +207,13 @@ class _Client:
         return await self._chat(
             self._key("regular"), stream=stream, model=self.rng.choice(self.outage_models)
         )
+
+    async def _concurrent_pair(self) -> int:
+        # Two requests at once with a key allowed one at a time: the gateway refuses one
+        # (its own concurrency limit, not a provider's). The refusal's status is reported.
+        key = self._key("one_at_a_time")
+        statuses = await asyncio.gather(self._chat(key), self._chat(key))
+        return max(statuses)
 
     async def _bad_request(self) -> int:
         body = {"model": self.rng.choice(self.models), "messages": []}

@@ -40,13 +40,20 @@ class ProviderUnavailableError(ProviderError):
     """The provider could not be reached (an outage window)."""
 
 
+class ProviderRateLimitedError(ProviderError):
+    """The provider refused the call with its own rate limit (an upstream 429)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """A model a provider serves, with its price in credits per 1,000 tokens."""
+    """A model a provider serves, with its price to users in credits per 1,000 tokens and
+    what the provider charges the gateway in USD per million tokens (None: unknown)."""
 
     id: str
     input_price: float
     output_price: float
+    cost: tuple[float, float] | None = None
+    """(input, output) USD per million tokens that the provider bills the gateway."""
 
     @property
     def provider(self) -> str:
@@ -101,6 +108,8 @@ class ProviderProfile:
     """Share of calls that fail with an upstream error."""
     timeout_rate: float = 0.01
     """Share of calls where the provider stops answering."""
+    rate_limit_rate: float = 0.0
+    """Share of calls the provider refuses at once with its own 429 (its quota for us)."""
     output_tokens: tuple[int, int] = (16, 120)
     """Range of the number of tokens generated when the request sets no `max_tokens`."""
     outages: tuple[OutageWindow, ...] = ()
@@ -116,13 +125,13 @@ class ProviderProfile:
                 raise ValueError(f"{field} must be >= 0, got {getattr(self, field)!r}")
         if self.tokens_per_second <= 0:
             raise ValueError(f"tokens_per_second must be > 0, got {self.tokens_per_second!r}")
-        if not 0 <= self.error_rate <= 1 or not 0 <= self.timeout_rate <= 1:
+        rates = (self.error_rate, self.timeout_rate, self.rate_limit_rate)
+        if not all(0 <= rate <= 1 for rate in rates):
             raise ValueError(
-                f"error_rate and timeout_rate must be in [0, 1], got {self.error_rate!r} "
-                f"and {self.timeout_rate!r}"
+                f"error_rate, timeout_rate and rate_limit_rate must be in [0, 1], got {rates!r}"
             )
-        if self.error_rate + self.timeout_rate > 1:
-            raise ValueError("error_rate + timeout_rate must not exceed 1")
+        if sum(rates) > 1:
+            raise ValueError("error_rate + timeout_rate + rate_limit_rate must not exceed 1")
         low, high = self.output_tokens
         if not 1 <= low <= high:
             raise ValueError(f"output_tokens must be (low, high) with 1 <= low <= high, got {low}")
@@ -132,8 +141,8 @@ DEFAULT_PROVIDERS: tuple[ProviderProfile, ...] = (
     ProviderProfile(
         "openai",
         (
-            ModelInfo("openai/gpt-4o", 2.5, 10.0),
-            ModelInfo("openai/gpt-4o-mini", 0.15, 0.6),
+            ModelInfo("openai/gpt-4o", 2.5, 10.0, cost=(2.0, 8.0)),
+            ModelInfo("openai/gpt-4o-mini", 0.15, 0.6, cost=(0.12, 0.48)),
         ),
         latency=0.04,
         time_to_first_token=0.35,
@@ -144,8 +153,8 @@ DEFAULT_PROVIDERS: tuple[ProviderProfile, ...] = (
     ProviderProfile(
         "anthropic",
         (
-            ModelInfo("anthropic/claude-3-5-sonnet", 3.0, 15.0),
-            ModelInfo("anthropic/claude-3-5-haiku", 0.8, 4.0),
+            ModelInfo("anthropic/claude-3-5-sonnet", 3.0, 15.0, cost=(2.7, 13.5)),
+            ModelInfo("anthropic/claude-3-5-haiku", 0.8, 4.0, cost=(0.6, 3.0)),
         ),
         latency=0.05,
         time_to_first_token=0.6,
@@ -156,7 +165,8 @@ DEFAULT_PROVIDERS: tuple[ProviderProfile, ...] = (
     ProviderProfile(
         "openrouter",
         (
-            ModelInfo("openrouter/meta-llama/llama-3.1-70b-instruct", 0.52, 0.75),
+            ModelInfo("openrouter/meta-llama/llama-3.1-70b-instruct", 0.52, 0.75, cost=(0.4, 0.6)),
+            # No known cost: its calls count in inference_unpriced_total.
             ModelInfo("openrouter/mistralai/mixtral-8x22b-instruct", 0.9, 0.9),
         ),
         latency=0.08,
@@ -164,12 +174,15 @@ DEFAULT_PROVIDERS: tuple[ProviderProfile, ...] = (
         tokens_per_second=70.0,
         error_rate=0.05,
         timeout_rate=0.01,
+        # An aggregator whose quota for the gateway is tight: one call in ten gets its 429.
+        rate_limit_rate=0.1,
     ),
     ProviderProfile(
         "together",
         (
-            ModelInfo("together/meta-llama/llama-3.1-8b-instruct", 0.18, 0.18),
-            ModelInfo("together/qwen/qwen-2.5-72b-instruct", 1.2, 1.2),
+            ModelInfo("together/meta-llama/llama-3.1-8b-instruct", 0.18, 0.18, cost=(0.18, 0.18)),
+            # Costs more than it bills: the margin panel shows a loss-making model.
+            ModelInfo("together/qwen/qwen-2.5-72b-instruct", 1.2, 1.2, cost=(1.5, 1.5)),
         ),
         latency=0.03,
         time_to_first_token=0.25,
@@ -181,7 +194,8 @@ DEFAULT_PROVIDERS: tuple[ProviderProfile, ...] = (
         outages=(OutageWindow(start=10.0, duration=20.0, every=60.0),),
     ),
 )
-"""The demo's providers: four of them, one with a recurring outage."""
+"""The demo's providers: four of them, one with a recurring outage, one that answers some
+calls with its own 429, and one model without a known cost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +229,7 @@ class _Plan:
     """Everything random about one call, drawn at its start so the order of calls (not the
     timing of the event loop) decides the outcome."""
 
-    outcome: Literal["ok", "error", "timeout", "unavailable"]
+    outcome: Literal["ok", "error", "timeout", "unavailable", "rate_limited"]
     first_token_delay: float
     token_delay: float
     words: tuple[str, ...]
@@ -269,11 +283,15 @@ class SimulatedProvider:
         per_token = self._delay(rng, 1.0 / profile.tokens_per_second)
         fail_at = rng.randrange(count)
         if self.in_outage():
-            outcome: Literal["ok", "error", "timeout", "unavailable"] = "unavailable"
+            outcome: Literal["ok", "error", "timeout", "unavailable", "rate_limited"] = (
+                "unavailable"
+            )
         elif roll < profile.error_rate:
             outcome = "error"
         elif roll < profile.error_rate + profile.timeout_rate:
             outcome = "timeout"
+        elif roll < profile.error_rate + profile.timeout_rate + profile.rate_limit_rate:
+            outcome = "rate_limited"
         else:
             outcome = "ok"
         return _Plan(outcome, first, per_token, words, fail_at)
@@ -287,6 +305,18 @@ class SimulatedProvider:
         # Refused connections fail fast: one round trip, no generation.
         await asyncio.sleep(self._delay(self._rng, self.profile.latency))
         raise ProviderUnavailableError(f"{self.name}: connection refused (outage)")
+
+    async def _refuse(self) -> None:
+        # A 429 is fast too: the provider's front door answers before any model runs.
+        await asyncio.sleep(self._delay(self._rng, self.profile.latency))
+        raise ProviderRateLimitedError(f"{self.name}: upstream returned 429 Too Many Requests")
+
+    async def _before_first_token(self, plan: _Plan) -> None:
+        if plan.outcome == "unavailable":
+            await self._unreachable()
+        if plan.outcome == "rate_limited":
+            await self._refuse()
+        await asyncio.sleep(plan.first_token_delay)
 
     async def probe(self) -> float:
         """A health check (`GET /models` upstream): its duration, or `ProviderUnavailableError`."""
@@ -302,9 +332,7 @@ class SimulatedProvider:
         """A whole completion at once, after the time the model takes to generate it."""
         prompt_tokens = estimate_tokens(messages)
         plan = self._plan(prompt_tokens, max_tokens)
-        if plan.outcome == "unavailable":
-            await self._unreachable()
-        await asyncio.sleep(plan.first_token_delay)
+        await self._before_first_token(plan)
         if plan.outcome != "ok":
             await self._fail(plan)
         await asyncio.sleep(plan.token_delay * (len(plan.words) - 1))
@@ -319,9 +347,7 @@ class SimulatedProvider:
         """
         prompt_tokens = estimate_tokens(messages)
         plan = self._plan(prompt_tokens, max_tokens)
-        if plan.outcome == "unavailable":
-            await self._unreachable()
-        await asyncio.sleep(plan.first_token_delay)
+        await self._before_first_token(plan)
         for index, word in enumerate(plan.words):
             if plan.outcome != "ok" and index == plan.fail_at:
                 await self._fail(plan)

@@ -502,6 +502,142 @@ PANELS: tuple[Panel, ...] = (
         options=TIMESERIES,
         custom={**LINES, "thresholdsStyle": {"mode": "dashed"}},
     ),
+    Panel(
+        title="Fallbacks by reason",
+        kind="timeseries",
+        description=(
+            "Requests moved from one model to another per second, by reason (error, timeout, "
+            "rate_limited, context_window, content_policy, other): model_fallbacks_total, "
+            "filtered on the model the request left."
+        ),
+        queries=(
+            Query(
+                "sum by (from_model, to_model, reason) (rate(model_fallbacks_total"
+                f'{{{ENV}, from_model=~"$model"}}[$__rate_interval]))',
+                "{{from_model}} → {{to_model}} ({{reason}})",
+            ),
+        ),
+        unit="reqps",
+        min=0,
+        options=TIMESERIES,
+        custom=STACKED,
+    ),
+    Panel(
+        title="Upstream attempts per request",
+        kind="timeseries",
+        description=(
+            "Upstream calls a request takes, by the model asked for (1 = answered at the "
+            "first try): the average per model and the p95 over all (gateway_request_attempts)."
+        ),
+        queries=(
+            Query(
+                "sum by (model) (rate(gateway_request_attempts_sum"
+                f'{{{ENV}, model=~"$model"}}[$__rate_interval]))'
+                " / sum by (model) (rate(gateway_request_attempts_count"
+                f'{{{ENV}, model=~"$model"}}[$__rate_interval]))',
+                "{{model}} average",
+            ),
+            Query(
+                _quantile("0.95", "gateway_request_attempts_bucket", f'{ENV}, model=~"$model"'),
+                "p95",
+            ),
+        ),
+        min=1,
+        options=TIMESERIES,
+        custom=LINES,
+    ),
+    Panel(
+        title="Who refused requests",
+        kind="timeseries",
+        description=(
+            "Requests refused per second by the gateway's own limits, by scope and kind "
+            "(gateway_rejections_total), next to the calls each provider refused with its own "
+            "429 (provider_rate_limited_total, fallbacks included)."
+        ),
+        queries=(
+            Query(
+                f"sum by (scope, kind) (rate(gateway_rejections_total{{{ENV}}}[$__rate_interval]))",
+                "gateway: {{scope}} {{kind}}",
+            ),
+            Query(
+                "sum by (provider) "
+                f"(rate(provider_rate_limited_total{{{PROVIDER_MODEL}}}[$__rate_interval]))",
+                "upstream 429: {{provider}}",
+            ),
+        ),
+        unit="reqps",
+        min=0,
+        options=TIMESERIES,
+        custom=LINES,
+    ),
+    Panel(
+        title="Margin per model (1h)",
+        kind="timeseries",
+        description=(
+            "(billed - cost) / billed per model over the last hour: credits at "
+            "job:gatewayz_credit_value:ratio (the setting in recording_rules.yml) against "
+            "provider_cost_total. Below 0 the model loses money; unpriced models have no margin "
+            "(see Calls without a price)."
+        ),
+        queries=(
+            Query(
+                f"provider_model_currency:gatewayz_margin:ratio_rate1h{{{PROVIDER_MODEL}}}",
+                "{{provider}}/{{model}}",
+            ),
+        ),
+        unit="percentunit",
+        thresholds=(("red", None), ("green", 0)),
+        options=TIMESERIES,
+        custom={**LINES, "thresholdsStyle": {"mode": "dashed"}},
+    ),
+    Panel(
+        title="Cost and billed value per hour",
+        kind="timeseries",
+        description=(
+            "What upstream calls cost per hour (provider_cost_total) and what the credits billed "
+            "for them are worth (credits_used_total times the value of a credit), at the rate "
+            "of the last hour."
+        ),
+        queries=(
+            Query(
+                "3600 * sum by (currency) "
+                f"(provider_model_currency:provider_cost:rate1h{{{PROVIDER_MODEL}}})",
+                "cost ({{currency}})",
+            ),
+            Query(
+                "3600 * sum by (currency) "
+                f"(provider_model_currency:gatewayz_billed_value:rate1h{{{PROVIDER_MODEL}}})",
+                "billed ({{currency}})",
+            ),
+        ),
+        min=0,
+        options=TIMESERIES,
+        custom=LINES,
+    ),
+    Panel(
+        title="Calls without a price",
+        kind="bargauge",
+        description=(
+            "Upstream calls in the selected time range whose cost is unknown "
+            "(inference_unpriced_total): add their models to the pricing table, or their "
+            "cost is missing from the margin."
+        ),
+        queries=(
+            Query(
+                "sum by (provider, model) "
+                f"(increase(inference_unpriced_total{{{PROVIDER_MODEL}}}[$__range]))",
+                "{{provider}}/{{model}}",
+                instant=True,
+            ),
+        ),
+        min=0,
+        options={
+            "displayMode": "gradient",
+            "orientation": "horizontal",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "showUnfilled": True,
+        },
+    ),
 )
 
 
