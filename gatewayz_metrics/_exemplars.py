@@ -56,7 +56,10 @@ def span_exemplar() -> Exemplar | None:
     trace = _modules.get(_TRACE_MODULE)
     if trace is None:
         return None
-    context = trace.get_current_span().get_span_context()
+    span = trace.get_current_span()
+    if span is trace.INVALID_SPAN:  # no span: the common case stops at the cheapest test
+        return None
+    context = span.get_span_context()
     if not (context.is_valid and context.trace_flags.sampled):
         return None
     return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
