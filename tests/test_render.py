@@ -263,6 +263,7 @@ def test_a_registry_subclass_is_rendered_by_prometheus_client() -> None:
     assert b"hidden" not in text
 
 
+@pytest.mark.slow
 def test_children_added_and_removed_from_threads_during_a_render_do_not_break_it() -> None:
     """Other threads adding and removing children while a render runs: no crash, valid text."""
     registry = CollectorRegistry()
@@ -301,6 +302,7 @@ def test_children_added_and_removed_from_threads_during_a_render_do_not_break_it
     assert_renders_like_generate_latest(registry, renderer)
 
 
+@pytest.mark.slow
 def test_the_event_loop_stays_responsive_during_a_large_render() -> None:
     """While ~50k series render on the loop, a 1 ms sleeper never waits more than 50 ms."""
     registry = CollectorRegistry()
