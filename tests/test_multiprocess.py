@@ -407,7 +407,7 @@ def assert_every_scrape(server: Server, requests: int, scrapes: int = 10) -> Non
 
 def spread_requests(server: Server, at_least: int) -> tuple[int, set[int]]:
     """Send rounds of requests until `at_least` workers answered; (count sent, pids seen)."""
-    sent, seen = 0, set()
+    sent, seen = 0, set[int]()
     deadline = time.monotonic() + START_TIMEOUT
     while len(seen) < at_least:
         if time.monotonic() > deadline:
