@@ -387,6 +387,7 @@ async def test_unmatched_requests_share_one_endpoint(
 
 
 @frameworks
+@pytest.mark.slow
 async def test_ten_thousand_random_paths_add_no_series(
     framework: str, registry: CollectorRegistry
 ) -> None:
