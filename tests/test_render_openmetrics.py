@@ -187,11 +187,11 @@ def test_text_and_openmetrics_share_one_prefix_cache_and_both_stay_exact() -> No
         requests.labels(path).inc()
         odd.labels(path).inc()
     renderer = Renderer()
-    for _ in range(2):
+    for path in ("", "a,b=c}"):
         assert render(registry, TEXT, renderer) == generate_latest(registry)
         assert_renders_like_openmetrics(registry, renderer)
-        requests.labels("new").inc(2)
-        requests.remove("")
+        requests.labels(f"{path}!").inc(2)
+        requests.remove(path)
     plans = renderer._plans[requests]
     text_plan, om_plan = plans["text"], plans["openmetrics"]
     assert text_plan is not None
