@@ -384,8 +384,8 @@ async def test_a_broken_fast_path_falls_back_to_prometheus_client(
 
 
 @pytest.mark.parametrize("accept", [b"application/openmetrics-text; version=1.0.0"])
-async def test_openmetrics_is_still_rendered_by_prometheus_client(accept: bytes) -> None:
-    """OpenMetrics negotiation still answers prometheus_client's OpenMetrics encoder."""
+async def test_openmetrics_negotiation_answers_openmetrics(accept: bytes) -> None:
+    """OpenMetrics negotiation answers OpenMetrics (test_render_openmetrics.py: byte for byte)."""
     registry = CollectorRegistry()
     Counter("hits", "Hits.", registry=registry).inc()
     send = RecordingSend()
