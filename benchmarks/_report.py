@@ -239,11 +239,14 @@ def _openmetrics_section(openmetrics: Sequence[dict[str, Any]]) -> list[str]:
         "Stall = the longest gap between the wakeups of a task sleeping 1 ms at a time on the "
         "same event loop during a render, worst of 3 renders (a full garbage collection "
         "before each); for prometheus_client its encoder + gzip run in a worker thread, as "
-        "MetricsApp served OpenMetrics before. Same bytes = our body, decompressed, equals "
+        "MetricsApp served OpenMetrics before; idle = the same ticker with nothing else to do "
+        "for as long as our render took, the machine's own gaps (other processes), which no "
+        "renderer goes below. Same bytes = our body, decompressed, equals "
         "prometheus_client's OpenMetrics `generate_latest` of the same state.",
         "",
         "| series | repeats | ours ms | prometheus_client OM + gzip-6 ms | speed-up "
-        "| OM + gzip-9 ms (its apps) | loop stall ms (ours / prometheus_client in a thread) "
+        "| OM + gzip-9 ms (its apps) "
+        "| loop stall ms (ours / prometheus_client in a thread / idle) "
         "| bytes (uncompressed) | same bytes |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
@@ -253,7 +256,8 @@ def _openmetrics_section(openmetrics: Sequence[dict[str, Any]]) -> list[str]:
             f"| {e['openmetrics_gzip_ms']:.1f} "
             f"| {_times(_ratio(e['openmetrics_gzip_ms'], e['ours_ms']))} "
             f"| {e['openmetrics_gzip9_ms']:.1f} "
-            f"| {e['ours_stall_ms']:.1f} / {e['openmetrics_thread_stall_ms']:.1f} "
+            f"| {e['ours_stall_ms']:.1f} / {e['openmetrics_thread_stall_ms']:.1f} / "
+            f"{_ms(e.get('idle_stall_ms'))} "
             f"| {e['bytes']:,} | {'yes' if e['identical_bytes'] else '**NO**'} |"
         )
     return lines
@@ -342,12 +346,15 @@ def _targets_section(
                 None if speedup is None else speedup >= TARGET_OPENMETRICS_SPEEDUP and same,
             )
         )
-        stall = max(e["ours_stall_ms"] for e in openmetrics)
+        worst = max(openmetrics, key=lambda e: e["ours_stall_ms"])
+        stall = worst["ours_stall_ms"]
+        idle = worst.get("idle_stall_ms")
         rows.append(
             (
                 f"event loop never stalled more than {TARGET_STALL_MS:.0f} ms by an OpenMetrics "
                 "render (1 ms ticker, every size)",
-                f"worst {stall:.1f} ms",
+                f"worst {stall:.1f} ms"
+                + ("" if idle is None else f" (idle loop on the same machine: {idle:.1f} ms)"),
                 stall <= TARGET_STALL_MS,
             )
         )
