@@ -4,6 +4,7 @@ blocking the event loop; and `MetricsApp` serving it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import gzip
 import math
@@ -281,7 +282,9 @@ def test_children_added_and_removed_from_threads_during_a_render_do_not_break_it
             counter.labels(n).inc()
             histogram.labels(n).observe(1)
             if rng.random() < 0.5:
-                counter.remove(n)
+                # prometheus_client < 0.22 raises KeyError when another thread removed it.
+                with contextlib.suppress(KeyError):
+                    counter.remove(n)
             if rng.random() < 0.01:
                 histogram.clear()
 
@@ -383,8 +386,8 @@ async def test_a_broken_fast_path_falls_back_to_prometheus_client(
 
 
 @pytest.mark.parametrize("accept", [b"application/openmetrics-text; version=1.0.0"])
-async def test_openmetrics_is_still_rendered_by_prometheus_client(accept: bytes) -> None:
-    """OpenMetrics negotiation still answers prometheus_client's OpenMetrics encoder."""
+async def test_openmetrics_negotiation_answers_openmetrics(accept: bytes) -> None:
+    """OpenMetrics negotiation answers OpenMetrics (test_render_openmetrics.py: byte for byte)."""
     registry = CollectorRegistry()
     Counter("hits", "Hits.", registry=registry).inc()
     send = RecordingSend()
