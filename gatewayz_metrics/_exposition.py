@@ -6,6 +6,7 @@ import gzip
 import hmac
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from urllib.parse import parse_qs
@@ -103,6 +104,27 @@ class _Flight:
         self.error: Exception | None = None
 
 
+# Every MetricsApp alive, whether or not a route survey can see where it is mounted (under
+# a Host, a root mount, a function wrapper): `PrometheusMiddleware` never serves its own
+# copy of a registry that a MetricsApp serves, whose protections it cannot know.
+_live_apps: weakref.WeakSet[MetricsApp] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def serves_registry(registry: CollectorRegistry) -> bool:
+    """Whether a live MetricsApp that the application created serves `registry`."""
+    with _live_lock:
+        apps = list(_live_apps)
+    return any(app.registry is registry for app in apps)
+
+
+def unlisted(app: MetricsApp) -> MetricsApp:
+    """`app`, a middleware's own endpoint: not one that makes middlewares step aside."""
+    with _live_lock:
+        _live_apps.discard(app)
+    return app
+
+
 class MetricsApp:
     """Serve a registry in the Prometheus text format (or OpenMetrics when asked).
 
@@ -139,6 +161,8 @@ class MetricsApp:
         self._logged_failures: set[str] = set()
         self._renderer = Renderer()
         self._mp_reader: FastMultiProcessReader | None = None
+        with _live_lock:
+            _live_apps.add(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
