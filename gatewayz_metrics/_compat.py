@@ -63,6 +63,24 @@ openmetrics_encoder: Callable[..., bytes] = _openmetrics.generate_latest
 float_to_go_string: Callable[[float], str] = _utils.floatToGoString
 # 0.23 added escaping schemes; before, names were written as they are (0.22 quoted UTF-8 names).
 UNDERSCORES: str | None = getattr(_openmetrics, "UNDERSCORES", None)
+escape_metric_name: Callable[..., str] | None = getattr(_openmetrics, "escape_metric_name", None)
+escape_label_name: Callable[..., str] | None = getattr(_openmetrics, "escape_label_name", None)
+
+MULTIPROCESS_PROVEN = ((0, 26), (0, 26))
+"""Releases whose multiprocess files, merge rules and encoders the fast multiprocess reader
+(`_mpread`) was proven exact against (property tests against `MultiProcessCollector`); on
+any other release `MultiProcessCollector` answers every scrape."""
+
+
+def multiprocess_fast() -> bool:
+    """Whether the fast multiprocess reader may serve the installed prometheus_client."""
+    low, high = MULTIPROCESS_PROVEN
+    return (
+        low <= VERSION[:2] <= high
+        and UNDERSCORES is not None
+        and escape_metric_name is not None
+        and escape_label_name is not None
+    )
 
 
 def format_of(encoder: Callable[..., bytes]) -> str | None:

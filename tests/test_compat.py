@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from gatewayz_metrics import _compat, _render
+from gatewayz_metrics import _compat, _render, multiprocess_registry
+from gatewayz_metrics._mpread import FastMultiProcessReader
 from gatewayz_metrics._render import OPENMETRICS, TEXT, Format, Renderer
 
 
@@ -114,3 +116,22 @@ def test_only_encoders_the_fast_path_reproduces_are_recognised(
     if _compat.UNDERSCORES is None and expected is None:
         pytest.skip("prometheus_client < 0.23 has no escaping schemes nor OpenMetrics 2.0")
     assert _compat.format_of(encoder) == expected
+
+
+def test_an_unproven_release_reads_multiprocess_files_through_prometheus_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside the proven range the fast multiprocess reader steps aside: the answer is
+    `MultiProcessCollector`'s, and no read is counted as fast."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    values = MmapedDict(str(tmp_path / "counter_11.db"))  # type: ignore[no-untyped-call]
+    values.write_value(mmap_key("jobs", "jobs_total", [], [], "Jobs."), 3.0, 0.0)  # type: ignore[no-untyped-call]
+    values.close()  # type: ignore[no-untyped-call]
+    monkeypatch.setattr(_compat, "MULTIPROCESS_PROVEN", ((0, 1), (0, 1)))
+    reader = FastMultiProcessReader(tmp_path, retire_dead_workers=False)
+    expected = generate_latest(multiprocess_registry(tmp_path))
+    assert reader.render(generate_latest) == expected
+    assert b"jobs_total 3.0" in expected
+    assert reader.fast_reads == 0
+    assert [family.name for family in reader.collect()] == ["jobs"]
