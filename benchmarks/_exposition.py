@@ -10,15 +10,27 @@ per child), spread over 5 counter and 5 histogram families.
 from __future__ import annotations
 
 import asyncio
+import gc
+import gzip
 import statistics
 import tracemalloc
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from time import perf_counter_ns
-from typing import Any
+from time import perf_counter, perf_counter_ns
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+"""The Accept header of Prometheus 2.42+ and 3.x scrapes (captured from a real Prometheus)."""
+PROMETHEUS_HEADERS = ((b"accept", PROMETHEUS_ACCEPT.encode()), (b"accept-encoding", b"gzip"))
+GZIP_LEVEL = 6
+"""MetricsApp's gzip level; prometheus_client's own apps call `gzip.compress` (level 9)."""
 FAMILIES = 5
 BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 LINES_PER_HISTOGRAM_CHILD = len(BUCKETS) + 3  # finite buckets, +Inf, _count, _sum
@@ -101,8 +113,8 @@ _SCOPE: dict[str, Any] = {
 }
 
 
-async def _render_ours(app: Any) -> bytes:
-    """The body `app` answers to `GET /metrics`, through its ASGI interface."""
+async def _render_ours(app: Any, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """The body `app` answers to `GET /metrics` (with `headers`), through its ASGI interface."""
     chunks: list[bytes] = []
     status: list[int] = []
 
@@ -115,7 +127,8 @@ async def _render_ours(app: Any) -> bytes:
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
 
-    await app(dict(_SCOPE), receive, send)
+    scope = {**_SCOPE, "headers": [*_SCOPE["headers"], *headers]}
+    await app(scope, receive, send)
     if status != [200]:
         raise RuntimeError(f"MetricsApp answered {status}, expected 200")
     return b"".join(chunks)
@@ -216,4 +229,93 @@ def measure_exposition(series: int, repeats: int) -> dict[str, Any]:
         bytes_per_series=registry_bytes / shape.series,
         repeats=repeats,
     )
+    return result
+
+
+_T = TypeVar("_T")
+_TICK = 0.001
+
+
+async def _with_ticker(work: Awaitable[_T]) -> tuple[_T, float]:
+    """`work`'s result and the longest gap, in ms, between the wakeups of a task on the same
+    loop that sleeps 1 ms at a time: how long the loop could not serve anything else."""
+    task = asyncio.ensure_future(work)
+    longest = 0.0
+    last = perf_counter()
+    while not task.done():
+        await asyncio.sleep(_TICK)
+        now = perf_counter()
+        longest = max(longest, now - last)
+        last = now
+    return await task, longest * 1e3
+
+
+def _openmetrics_gzip(registry: CollectorRegistry, level: int) -> bytes:
+    return gzip.compress(openmetrics_latest(registry), compresslevel=level)
+
+
+async def _measure_openmetrics(
+    registry: CollectorRegistry, touch: Counter, repeats: int
+) -> dict[str, Any]:
+    """A Prometheus-style scrape: MetricsApp with Prometheus's Accept and gzip, against
+    prometheus_client's OpenMetrics encoder + gzip; then the loop's longest stall for each,
+    prometheus_client's encoder run in a worker thread as MetricsApp used to run it."""
+    from gatewayz_metrics import MetricsApp
+
+    app = MetricsApp(registry)
+    loop = asyncio.get_running_loop()
+    ours_ns: list[int] = []
+    theirs_ns: list[int] = []
+    theirs_9_ns: list[int] = []
+    await _render_ours(app, PROMETHEUS_HEADERS)  # warm: executor thread, caches, first probe
+    for index in range(repeats):
+        touch.inc()
+        order = (0, 1, 2) if index % 2 == 0 else (2, 1, 0)
+        for side in order:
+            start = perf_counter_ns()
+            if side == 0:
+                await _render_ours(app, PROMETHEUS_HEADERS)
+                ours_ns.append(perf_counter_ns() - start)
+            elif side == 1:
+                _openmetrics_gzip(registry, GZIP_LEVEL)
+                theirs_ns.append(perf_counter_ns() - start)
+            else:
+                _openmetrics_gzip(registry, 9)
+                theirs_9_ns.append(perf_counter_ns() - start)
+    ours_stall: list[float] = []
+    theirs_stall: list[float] = []
+    idle_stall: list[float] = []
+    for _ in range(3):
+        touch.inc()
+        # The full collection owed for building the registry is not a render's pause.
+        gc.collect()
+        start = perf_counter()
+        ours_stall.append((await _with_ticker(_render_ours(app, PROMETHEUS_HEADERS)))[1])
+        # The same ticker with nothing else to do for as long: the machine's own gaps
+        # (other processes, the scheduler), which no renderer can go below.
+        idle_stall.append((await _with_ticker(asyncio.sleep(perf_counter() - start)))[1])
+        gc.collect()
+        threaded = loop.run_in_executor(None, _openmetrics_gzip, registry, GZIP_LEVEL)
+        theirs_stall.append((await _with_ticker(threaded))[1])
+    touch.inc()
+    ours = gzip.decompress(await _render_ours(app, PROMETHEUS_HEADERS))
+    theirs = openmetrics_latest(registry)
+    return {
+        "accept": PROMETHEUS_ACCEPT,
+        "ours_ms": statistics.median(ours_ns) / 1e6,
+        "openmetrics_gzip_ms": statistics.median(theirs_ns) / 1e6,
+        "openmetrics_gzip9_ms": statistics.median(theirs_9_ns) / 1e6,
+        "ours_stall_ms": max(ours_stall),
+        "openmetrics_thread_stall_ms": max(theirs_stall),
+        "idle_stall_ms": max(idle_stall),
+        "bytes": len(theirs),
+        "identical_bytes": ours == theirs,
+    }
+
+
+def measure_openmetrics(series: int, repeats: int) -> dict[str, Any]:
+    """The OpenMetrics render table's row for a registry of `series` series."""
+    registry, touch = build_registry(series)
+    result = asyncio.run(_measure_openmetrics(registry, touch, repeats))
+    result.update(series=series, repeats=repeats)
     return result

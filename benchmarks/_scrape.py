@@ -29,7 +29,7 @@ from typing import Any
 
 HOST = "127.0.0.1"
 SCRAPE_PATHS = {"gatewayz": "/metrics", "make_asgi_app": "/metrics/"}
-# What Prometheus sends; both exposers then gzip, as they would in production.
+# What Prometheus sends besides Accept; both exposers then gzip, as they do in production.
 _SCRAPE_HEADERS = {"Accept-Encoding": "gzip", "User-Agent": "Prometheus/3 (benchmark)"}
 _STARTUP_TIMEOUT = 120.0
 _CONNECT_TIMEOUT = 60.0
@@ -106,26 +106,31 @@ def ping(port: int, rate: float, seconds: float) -> dict[str, Any]:
     return {"errors": errors, "samples": samples}
 
 
-def scrape_loop(port: int, path: str, seconds: float) -> dict[str, Any]:
+def scrape_loop(port: int, path: str, seconds: float, accept: str = "") -> dict[str, Any]:
     """Scrape `path` for `seconds` (at least once), idling after each scrape as long as the
-    scrape took, so that the server gets to drain what queued up (the `scrape` job)."""
+    scrape took, so that the server gets to drain what queued up (the `scrape` job).
+
+    `accept` is the Accept header sent ("": none, which asks for the text format)."""
+    headers = {**_SCRAPE_HEADERS, **({"Accept": accept} if accept else {})}
     connection = _connect(port)
     deadline = time.monotonic() + seconds
     windows: list[tuple[float, float]] = []
     size = 0
+    content_type = ""
     while not windows or time.monotonic() < deadline:
         start = time.monotonic()
-        connection.request("GET", path, headers=_SCRAPE_HEADERS)
+        connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         body = response.read()
         end = time.monotonic()
         if response.status != 200:
             raise RuntimeError(f"GET {path} answered {response.status}")
+        content_type = response.getheader("Content-Type", "")
         windows.append((start, end))
         size = len(body)
         time.sleep(min(max(end - start, _MIN_IDLE), max(deadline - time.monotonic(), 0.0)))
     connection.close()
-    return {"windows": windows, "gzip_bytes": size}
+    return {"windows": windows, "gzip_bytes": size, "content_type": content_type}
 
 
 def summarize(
@@ -196,9 +201,10 @@ def _wait_ready(server: subprocess.Popen[bytes], port: int, log: Path) -> None:
 
 
 def measure_scrape(
-    exposer: str, series: int, seconds: float, rate: float, cwd: Path
+    exposer: str, series: int, seconds: float, rate: float, cwd: Path, accept: str = ""
 ) -> dict[str, Any]:
-    """/ping latency with no scraper, then with one, for one exposer (see the module doc)."""
+    """/ping latency with no scraper, then with one sending `accept`, for one exposer (see
+    the module doc)."""
     port = _free_port()
     path = SCRAPE_PATHS[exposer]
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,11 +220,15 @@ def measure_scrape(
             _wait_ready(server, port, log)
             # Warm: the first scrape starts the render thread and fills caches; the first
             # pings bind the label children of /ping.
-            warm = scrape_loop(port, path, 0.0)["windows"]
+            warm = scrape_loop(port, path, 0.0, accept)["windows"]
             ping(port, 200.0, 0.25)
             quiet_pings = _ping_job(port, rate, seconds, cwd)
             scraper = subprocess.Popen(
-                _worker("scrape", "--port", str(port), "--path", path, "--seconds", str(seconds)),
+                _worker(
+                    "scrape",
+                    *("--port", str(port), "--path", path, "--seconds", str(seconds)),
+                    *("--accept", accept),
+                ),
                 cwd=cwd,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -246,6 +256,8 @@ def measure_scrape(
     windows = scrapes["windows"]
     return {
         "exposer": exposer,
+        "accept": accept,
+        "content_type": scrapes["content_type"],
         "series": series,
         "path": path,
         "rate": rate,

@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     expo = jobs.add_parser("exposition")
     expo.add_argument("--series", type=int, required=True)
     expo.add_argument("--repeats", type=int, required=True)
+    om = jobs.add_parser("openmetrics")
+    om.add_argument("--series", type=int, required=True)
+    om.add_argument("--repeats", type=int, required=True)
     srv = jobs.add_parser("server")
     srv.add_argument("exposer", choices=("gatewayz", "make_asgi_app"))
     srv.add_argument("--series", type=int, required=True)
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     scraper.add_argument("--port", type=int, required=True)
     scraper.add_argument("--path", required=True)
     scraper.add_argument("--seconds", type=float, required=True)
+    scraper.add_argument("--accept", default="", help="the Accept header ('': none)")
     args = parser.parse_args(argv)
 
     result: dict[str, Any]
@@ -186,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks._exposition import measure_exposition
 
         result = measure_exposition(args.series, args.repeats)
+    elif args.job == "openmetrics":
+        from benchmarks._exposition import measure_openmetrics
+
+        result = measure_openmetrics(args.series, args.repeats)
     elif args.job == "server":
         from benchmarks._scrape import serve
 
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from benchmarks._scrape import scrape_loop
 
-        result = scrape_loop(args.port, args.path, args.seconds)
+        result = scrape_loop(args.port, args.path, args.seconds, args.accept)
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     return 0
 

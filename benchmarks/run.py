@@ -9,8 +9,12 @@ not installed is reported as such). One run measures, in this order:
 1. middleware overhead: bare app, hand-written floor, PrometheusMiddleware and the
    peers, each in its own subprocess, interleaved in rounds so that machine drift
    spreads over all of them; plus the domain helpers against bare prometheus_client;
-2. `/metrics` render time, bytes, sample equality and memory at 1k, 10k, 100k series;
-3. `/ping` latency while `/metrics` of 100k series is scraped, ours vs `make_asgi_app`;
+2. `/metrics` render time, bytes, sample equality and memory at 1k, 10k, 100k series, in
+   the text format (no Accept), and as Prometheus scrapes (its Accept, which prefers
+   OpenMetrics, and gzip) against prometheus_client's OpenMetrics encoder + gzip, with the
+   event loop's longest stall;
+3. `/ping` latency while `/metrics` of 100k series is scraped, ours vs `make_asgi_app`,
+   with Prometheus's Accept (OpenMetrics) and with none (text).
 4. multiprocess mode (`benchmarks/_multiprocess_mode.py`): scrape time at 10k and 100k
    series over 2, 4 and 8 workers' files against `MultiProcessCollector`, middleware
    overhead under `PROMETHEUS_MULTIPROC_DIR`, `/ping` latency while a worker is scraped.
@@ -174,8 +178,9 @@ def measure_middleware(
     return runs, domain
 
 
-def measure_exposition(settings: Settings) -> list[dict[str, Any]]:
+def measure_exposition(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     results = []
+    openmetrics = []
     for series, repeats in settings.exposition:
         result = _run_worker("exposition", "--series", str(series), "--repeats", str(repeats))
         _log(
@@ -183,26 +188,46 @@ def measure_exposition(settings: Settings) -> list[dict[str, Any]]:
             f"generate_latest {result['generate_latest_ms']:.1f} ms"
         )
         results.append(result)
-    return results
+        om = _run_worker("openmetrics", "--series", str(series), "--repeats", str(repeats))
+        _log(
+            f"OpenMetrics + gzip {series:,} series: ours {om['ours_ms']:.1f} ms "
+            f"(stall {om['ours_stall_ms']:.1f} ms), prometheus_client "
+            f"{om['openmetrics_gzip_ms']:.1f} ms (stall {om['openmetrics_thread_stall_ms']:.1f} ms)"
+        )
+        openmetrics.append(om)
+    return results, openmetrics
 
 
 def measure_scrapes(settings: Settings) -> list[dict[str, Any]]:
+    from benchmarks._exposition import PROMETHEUS_ACCEPT
     from benchmarks._scrape import measure_scrape
 
     results = []
-    for exposer in ("gatewayz", "make_asgi_app"):
-        result = measure_scrape(
-            exposer, settings.scrape_series, settings.scrape_seconds, settings.scrape_rate, REPO
-        )
-        _log(
-            f"scrape {exposer}: p99 quiet {result['quiet']['p99_ms']:.1f} ms, "
-            f"during scrape {result['during_scrape']['p99_ms'] or 0:.1f} ms"
-        )
-        results.append(result)
+    # Prometheus's own Accept first (what production sees), then none (the text format).
+    for accept in (PROMETHEUS_ACCEPT, ""):
+        for exposer in ("gatewayz", "make_asgi_app"):
+            result = measure_scrape(
+                exposer,
+                settings.scrape_series,
+                settings.scrape_seconds,
+                settings.scrape_rate,
+                REPO,
+                accept,
+            )
+            _log(
+                f"scrape {exposer} ({result['content_type']}): p99 quiet "
+                f"{result['quiet']['p99_ms']:.1f} ms, "
+                f"during scrape {result['during_scrape']['p99_ms'] or 0:.1f} ms"
+            )
+            results.append(result)
     return results
 
 
-def _problems(runs: dict[str, list[dict[str, Any]]], exposition: list[dict[str, Any]]) -> list[str]:
+def _problems(
+    runs: dict[str, list[dict[str, Any]]],
+    exposition: list[dict[str, Any]],
+    openmetrics: list[dict[str, Any]],
+) -> list[str]:
     """Measurements that are invalid, whatever their numbers."""
     problems = []
     for name, results in runs.items():
@@ -217,6 +242,12 @@ def _problems(runs: dict[str, list[dict[str, Any]]], exposition: list[dict[str, 
             problems.append(
                 f"at {result['series']:,} series MetricsApp and generate_latest disagree: "
                 f"{result['comparison']}"
+            )
+    for result in openmetrics:
+        if not result["identical_bytes"]:
+            problems.append(
+                f"at {result['series']:,} series MetricsApp's OpenMetrics body is not "
+                "prometheus_client's OpenMetrics generate_latest, byte for byte"
             )
     return problems
 
@@ -253,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = Machine.describe(REPO)
     versions = _variant_versions()
     runs, domain_rounds = measure_middleware(settings, versions)
-    exposition = measure_exposition(settings)
+    exposition, openmetrics = measure_exposition(settings)
     scrape = measure_scrapes(settings)
     multiprocess = _multiprocess_mode.measure_multiprocess(
         quick=args.quick,
@@ -271,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "description": f"{settings.describe(args.quick)}; took {time.monotonic() - started:.0f} s",
     }
-    markdown = render_markdown(machine, report_settings, summaries, domain, exposition, scrape)
+    markdown = render_markdown(
+        machine, report_settings, summaries, domain, exposition, scrape, openmetrics
+    )
     markdown += "\n\n" + _multiprocess_mode.render(multiprocess, versions, report_settings)
     sys.stdout.write(markdown + "\n")
     if args.output_markdown is not None:
@@ -283,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             "middleware": runs,
             "domain": domain_rounds,
             "exposition": exposition,
+            "openmetrics": openmetrics,
             "scrape": scrape,
             "multiprocess": multiprocess,
         }
@@ -290,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_readme is not None:
         update_readme(args.update_readme, markdown)
 
-    problems = _problems(runs, exposition) + _multiprocess_mode.problems(multiprocess)
+    problems = _problems(runs, exposition, openmetrics) + _multiprocess_mode.problems(multiprocess)
     for problem in problems:
         sys.stderr.write(f"error: invalid measurement: {problem}\n")
     return 1 if problems else 0

@@ -6,13 +6,13 @@ import gzip
 import hmac
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from urllib.parse import parse_qs
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
-from prometheus_client.openmetrics.exposition import UNDERSCORES
 from prometheus_client.registry import Collector
 
 from gatewayz_metrics._aio import Waitable, is_cancellation, loop_token, new_event, run_sync, spawn
@@ -20,7 +20,7 @@ from gatewayz_metrics._internal import logger, report_internal_error
 from gatewayz_metrics._mpread import FastMultiProcessReader
 from gatewayz_metrics._multiprocess import MultiprocDirError, send_unavailable
 from gatewayz_metrics._registry import resolve_registry
-from gatewayz_metrics._render import CollectorError, TextRenderer
+from gatewayz_metrics._render import TEXT, CollectorError, Renderer, format_for
 from gatewayz_metrics._types import Receive, Scope, Send
 
 BEARER_TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
@@ -104,6 +104,27 @@ class _Flight:
         self.error: Exception | None = None
 
 
+# Every MetricsApp alive, whether or not a route survey can see where it is mounted (under
+# a Host, a root mount, a function wrapper): `PrometheusMiddleware` never serves its own
+# copy of a registry that a MetricsApp serves, whose protections it cannot know.
+_live_apps: weakref.WeakSet[MetricsApp] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def serves_registry(registry: CollectorRegistry) -> bool:
+    """Whether a live MetricsApp that the application created serves `registry`."""
+    with _live_lock:
+        apps = list(_live_apps)
+    return any(app.registry is registry for app in apps)
+
+
+def unlisted(app: MetricsApp) -> MetricsApp:
+    """`app`, a middleware's own endpoint: not one that makes middlewares step aside."""
+    with _live_lock:
+        _live_apps.discard(app)
+    return app
+
+
 class MetricsApp:
     """Serve a registry in the Prometheus text format (or OpenMetrics when asked).
 
@@ -138,8 +159,10 @@ class MetricsApp:
         self.renders = 0
         """Renders performed since start; below `scrapes` when scrapes shared a render."""
         self._logged_failures: set[str] = set()
-        self._renderer = TextRenderer()
+        self._renderer = Renderer()
         self._mp_reader: FastMultiProcessReader | None = None
+        with _live_lock:
+            _live_apps.add(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -225,7 +248,7 @@ class MetricsApp:
         while current is not None:
             try:
                 if self._renders_text(key, encoder):
-                    current.body = await self._render_text(key)
+                    current.body = await self._render_text(key, encoder)
                 else:
                     current.body = await run_sync(self._render, key, encoder)
             except BaseException as exc:
@@ -250,24 +273,17 @@ class MetricsApp:
         return following
 
     def _renders_text(self, key: _RenderKey, encoder: Encoder) -> bool:
-        """Whether `TextRenderer` gives the body `encoder` would: the text format, whole."""
+        """Whether `Renderer` gives the body `encoder` would: text or OpenMetrics 1.0.0, whole."""
         if key[1] or self._multiprocess:
             return False
-        if isinstance(encoder, partial):
-            # text/plain; version=1.0.0; escaping=underscores is the 0.0.4 text, byte for byte.
-            return (
-                encoder.func is generate_latest
-                and not encoder.args
-                and encoder.keywords == {"escaping": UNDERSCORES}
-            )
-        return encoder is generate_latest
+        return format_for(encoder) is not None
 
-    async def _render_text(self, key: _RenderKey) -> bytes:
+    async def _render_text(self, key: _RenderKey, encoder: Callable[[Collector], bytes]) -> bytes:
         # On the event loop, in slices: a render thread would hold the GIL for hundreds of
         # milliseconds and every request of the loop would wait for it. Collectors that may
-        # block still run in a worker thread (see TextRenderer).
+        # block still run in a worker thread (see Renderer).
         try:
-            body = await self._renderer.render(self.registry)
+            body = await self._renderer.render(self.registry, format_for(encoder) or TEXT)
         except CollectorError as exc:
             # A collector of the user raised: a 500 naming what it raised. Not retried
             # (it would run again and fail again), and not a fault of ours.
@@ -276,7 +292,7 @@ class MetricsApp:
             # The fast path reads prometheus_client internals. Should a release change
             # them, prometheus_client's own encoder still gives the right answer: retry
             # with it.
-            body = await run_sync(self._render, key, generate_latest)
+            body = await run_sync(self._render, key, encoder)
             report_internal_error(self.registry, "render.fast", exc)
             return body
         with self._counts_lock:

@@ -12,7 +12,13 @@ from prometheus_client import CollectorRegistry
 
 from gatewayz_metrics._aio import is_cancellation
 from gatewayz_metrics._exemplars import ExemplarOption, check_option, exemplar_for
-from gatewayz_metrics._exposition import BEARER_TOKEN_ENV, MetricsApp, check_token
+from gatewayz_metrics._exposition import (
+    BEARER_TOKEN_ENV,
+    MetricsApp,
+    check_token,
+    serves_registry,
+    unlisted,
+)
 from gatewayz_metrics._http import (
     MEASURED_SCOPE_KEY,
     UNMATCHED_ENDPOINT,
@@ -28,9 +34,12 @@ from gatewayz_metrics._registry import resolve_registry
 from gatewayz_metrics._routes import (
     RouteResolver,
     TemplateIndex,
+    _bind,
     _children,
     _expand,
+    _is_host,
     _mount_prefix,
+    _quart_of,
     unwrap,
 )
 from gatewayz_metrics._types import ASGIApp, Message, Receive, Scope, Send
@@ -48,9 +57,10 @@ class PrometheusMiddleware:
     Quart: `app.asgi_app = PrometheusMiddleware(app.asgi_app)`.
     Any ASGI app: `app = PrometheusMiddleware(app)`.
 
-    Unless a `MetricsApp` is mounted in the application (or the application routes
-    `metrics_path` itself), the middleware answers `metrics_path` itself (set it to `None`
-    to serve no metrics). A request for the bare path of a mounted `MetricsApp`
+    Unless a `MetricsApp` serves the same registry (wherever it is mounted), a
+    `PrometheusMiddleware` below answers `metrics_path`, or the application routes that
+    path itself, the middleware answers `metrics_path` itself (set it to `None` to serve
+    no metrics). A request for the bare path of a mounted `MetricsApp`
     (`/metrics`) goes down the application as the slash path the mount expects
     (`/metrics/`): no 307 redirect, and every middleware, mount and host rule on the way
     still decides, exactly as for `/metrics/`.
@@ -125,13 +135,13 @@ class PrometheusMiddleware:
         self._bearer_token = check_token("bearer_token", bearer_token)
         # The registry passed on is the caller's; None keeps MetricsApp's multiprocess
         # awareness for the default registry.
-        self._own_metrics_app = MetricsApp(registry, bearer_token=bearer_token)
+        self._own_metrics_app = unlisted(MetricsApp(registry, bearer_token=bearer_token))
         self._route_resolver = route_resolver
         self._measured_by_us = (self.registry,)
         self._templates = TemplateIndex()
-        # Per application object, surveyed at its first request (every route exists by
-        # then; with a token, at the end of lifespan start-up too): where metrics are served.
-        self._surveys: dict[int, tuple[Any, _Survey]] = {}
+        # Surveyed at the first request (every route exists by then; with a token, at the
+        # end of lifespan start-up too): where metrics are served.
+        self._last_survey: _Survey | None = None
         self._prepared = False
         # The router-like application below this middleware, found at the first request
         # (routes may be added until then): where metrics are mounted and routes live.
@@ -154,8 +164,7 @@ class PrometheusMiddleware:
             return
         path = _route_path(scope)
         root = self._survey_root()
-        known = self._surveys.get(id(root))
-        survey = known[1] if known is not None and known[0] is root else self._survey(root)
+        survey = self._last_survey or self._survey(root)
         if path == self.metrics_path and survey.own and _route_count(root) != survey.count:
             # Routes were added since the survey: before serving our own endpoint, make
             # sure no MetricsApp (with its protections) was mounted meanwhile. Only scrapes
@@ -171,9 +180,15 @@ class PrometheusMiddleware:
             # the path the mount expects, and everything on the way decides.
             await self.app(_with_slash(scope), receive, send)
             return
-        if path == self.metrics_path and survey.own:
-            await self._own_metrics_app(scope, receive, send)
-            return
+        if path == self.metrics_path:
+            if survey.own and self._serves_own(scope, path, root):
+                await self._own_metrics_app(scope, receive, send)
+                return
+            if survey.below:
+                # A PrometheusMiddleware below answers this path, with its protections
+                # (a token): this one neither answers nor counts the scrape.
+                await self.app(scope, receive, send)
+                return
         if (
             path in self._exact_excluded
             or path.startswith(survey.prefixes)
@@ -365,23 +380,55 @@ class PrometheusMiddleware:
             root = self._root = unwrap(self.app)
         return root
 
+    def _serves_own(self, scope: Scope, path: str, root: Any) -> bool:
+        """Whether nothing else answers `path`, checked at each scrape of `metrics_path`.
+
+        A MetricsApp of this registry, wherever it is (a Host, a function wrapper the
+        survey cannot look through, mounted after the first request), carries the
+        protections the application gave it: the request goes down to the application,
+        which answers as it would (404, 403, ...). So does a path a Quart rule matches.
+        """
+        if serves_registry(self.registry):
+            return False
+        quart = _quart_of(root)
+        if quart is None:
+            return True
+        try:
+            adapter = _bind(quart, scope, scope.get("root_path") or "")
+            adapter.match(path, method=scope.get("method"))
+        except Exception as exc:
+            # NotFound: no rule. MethodNotAllowed, RequestRedirect (`/metrics/`): a rule.
+            return type(exc).__name__ == "NotFound"
+        return False
+
     def _survey(self, root: Any) -> _Survey:
         """Find where metrics are served in `root`, and refuse a token that would be dropped."""
         try:
-            survey = _survey_routes(root)
+            survey = _survey_routes(root, self.metrics_path)
         except Exception as exc:
             report_internal_error(self.registry, "middleware.discover", exc)
             survey = _Survey()
+        below = _middlewares_below(self.app, root, self.metrics_path)
+        survey.below = bool(below)
         survey.own = (
             self.metrics_path is not None
             and not survey.mounted
-            and self.metrics_path not in survey.routed
+            and not survey.hidden
+            and not survey.routes_metrics_path
+            and not below
         )
         token = self._bearer_token
         if token is not None:
             unprotected = sorted(
-                path for path, app in survey.mounted.items() if app._token != token
+                path
+                for path, app in (*survey.mounted.items(), *survey.hidden.items())
+                if app._token != token
             )
+            unprotected += [
+                f"{middleware.metrics_path} (a PrometheusMiddleware below this one)"
+                for middleware in below
+                if middleware._bearer_token != token
+            ]
             if unprotected:
                 survey.error = (
                     f"PrometheusMiddleware(bearer_token=...) protects only the metrics it "
@@ -390,9 +437,7 @@ class PrometheusMiddleware:
                     f"bearer_token= to that MetricsApp (or set {BEARER_TOKEN_ENV} for both)"
                 )
         survey.count = _route_count(root)
-        if len(self._surveys) >= _MAX_SURVEYS:
-            self._surveys.clear()  # a new application object per request: bounded, not cached
-        self._surveys[id(root)] = (root, survey)
+        self._last_survey = survey
         return survey
 
     def _checking_startup(self, scope: Scope, send: Send) -> Send:
@@ -413,13 +458,30 @@ class PrometheusMiddleware:
 class _Survey:
     """Where an application serves metrics, as found in its route tree."""
 
-    __slots__ = ("bare", "count", "error", "mounted", "own", "prefixes", "routed")
+    __slots__ = (
+        "bare",
+        "below",
+        "count",
+        "error",
+        "hidden",
+        "mounted",
+        "own",
+        "prefixes",
+        "routed",
+        "routes_metrics_path",
+    )
 
     def __init__(self) -> None:
         self.mounted: dict[str, MetricsApp] = {}
         """Full mount path -> the MetricsApp mounted there (possibly inside a wrapper)."""
+        self.hidden: dict[str, MetricsApp] = {}
+        """MetricsApps with no bare path (under a Host, at a root mount), by where they are."""
         self.routed: set[str] = set()
         """Full paths the application routes to something other than a MetricsApp."""
+        self.routes_metrics_path = False
+        """Whether a route of the application matches `metrics_path` (or its slash path)."""
+        self.below = False
+        """Whether a PrometheusMiddleware below this one answers `metrics_path`."""
         self.bare: frozenset[str] = frozenset()
         """Bare mount paths handed down as their slash path."""
         self.prefixes: tuple[str, ...] = ()
@@ -440,11 +502,11 @@ def _route_count(root: Any) -> int:
         return -1
 
 
-def _survey_routes(root: Any) -> _Survey:
+def _survey_routes(root: Any, metrics_path: str | None) -> _Survey:
     survey = _Survey()
     routes = _children(root)
     if routes is not None:
-        _walk(routes, "", survey, 0)
+        _walk(routes, "", survey, metrics_path, 0)
     # A bare path the application routes itself (a Host-specific route, say) is left to it.
     survey.bare = frozenset(path for path in survey.mounted if path and path not in survey.routed)
     survey.prefixes = tuple(path.rstrip("/") + "/" for path in survey.mounted)
@@ -452,29 +514,75 @@ def _survey_routes(root: Any) -> _Survey:
 
 
 _MAX_DEPTH = 32
-_MAX_SURVEYS = 16
 
 
-def _walk(routes: Iterable[Any], prefix: str, survey: _Survey, depth: int) -> None:
+def _walk(
+    routes: Iterable[Any], prefix: str, survey: _Survey, target: str | None, depth: int
+) -> None:
     if depth > _MAX_DEPTH:
         return
     for matched, _ in _expand(routes):
         mount = _mount_prefix(matched)
+        children = _children(matched)
         if mount is None:
+            if _is_host(matched):
+                metrics_app = _metrics_app_in(getattr(matched, "app", None))
+                if metrics_app is not None:
+                    # Every path of that host: no bare path, but no copy of ours either.
+                    survey.hidden[f"Host({getattr(matched, 'host', '?')!r})"] = metrics_app
+                    continue
             path_format = getattr(matched, "path_format", None)
             if isinstance(path_format, str):
                 survey.routed.add(prefix + path_format)
+                if _matches(matched, prefix, target):
+                    survey.routes_metrics_path = True
         else:
             metrics_app = _metrics_app_in(getattr(matched, "app", None))
             if metrics_app is not None:
-                if prefix + mount:  # a MetricsApp at the root serves every path: no bare path
+                if prefix + mount:
                     survey.mounted[prefix + mount] = metrics_app
+                else:  # a MetricsApp at the root serves every path: no bare path
+                    survey.hidden[f"{prefix or '/'} (root mount)"] = metrics_app
                 continue
             survey.routed.add(prefix + mount)
-        children = _children(matched)
+            # An application mounted below a prefix gets every path under it; one mounted
+            # at the root (static files, say) leaves `metrics_path` to the middleware.
+            if children is None and mount and _matches(matched, prefix, target):
+                survey.routes_metrics_path = True
         if children is not None:
             # A Mount nests under its prefix; a Host (no path format) nests as it is.
-            _walk(children, prefix + (mount or ""), survey, depth + 1)
+            _walk(children, prefix + (mount or ""), survey, target, depth + 1)
+
+
+def _matches(route: Any, prefix: str, target: str | None) -> bool:
+    """Whether `route` (under `prefix`) matches `target`, or its slash path (Starlette
+    redirects `/metrics` to a `/metrics/` route), by the route's own compiled pattern."""
+    if target is None or not target.startswith(prefix):
+        return False
+    regex = getattr(route, "path_regex", None)
+    if not isinstance(regex, re.Pattern):
+        return False
+    rest = target[len(prefix) :] or "/"
+    return bool(regex.match(rest) or (not rest.endswith("/") and regex.match(rest + "/")))
+
+
+def _middlewares_below(app: Any, root: Any, metrics_path: str | None) -> list[PrometheusMiddleware]:
+    """The PrometheusMiddlewares down the `.app` chain from `app` to `root` that answer
+    `metrics_path` (a library adding one inside the application's own, say)."""
+    found: list[PrometheusMiddleware] = []
+    if metrics_path is None:
+        return found
+    node = app
+    for _ in range(_MAX_DEPTH):
+        if node is None or node is root:
+            break
+        if isinstance(node, PrometheusMiddleware) and node.metrics_path == metrics_path:
+            found.append(node)
+        try:
+            node = getattr(node, "app", None)
+        except Exception:
+            break
+    return found
 
 
 def _metrics_app_in(app: Any) -> MetricsApp | None:

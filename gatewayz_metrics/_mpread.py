@@ -53,16 +53,12 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics.exposition import (
-    UNDERSCORES,
-    escape_label_name,
-    escape_metric_name,
-)
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from gatewayz_metrics import _compat
 from gatewayz_metrics._internal import report_internal_error
 from gatewayz_metrics._multiprocess import (
     _locked,
@@ -229,6 +225,8 @@ class FastMultiProcessReader:
 
     def render(self, encoder: Callable[[Collector], bytes]) -> bytes:
         """`encoder(multiprocess_registry(path))`, through the fast path when it can."""
+        if not _compat.multiprocess_fast():
+            return encoder(multiprocess_registry(self._directory))
         try:
             with self._lock:
                 layout, values, recent = self._read()
@@ -258,7 +256,9 @@ class FastMultiProcessReader:
         return fmt
 
     def collect(self) -> list[Metric]:
-        """The merged metric families, equal to `MultiProcessCollector`'s (fast path only)."""
+        """The merged metric families, equal to `MultiProcessCollector`'s."""
+        if not _compat.multiprocess_fast():
+            return list(multiprocess_registry(self._directory).collect())
         with self._lock:
             layout, values, recent = self._read()
             return _metrics(layout, values, recent)
@@ -537,10 +537,13 @@ def _prefix(cache: dict[tuple[str, _Labels], str], name: str, labels: _Labels) -
     """What `generate_latest` writes before the value of sample `name{labels}`."""
     found = cache.get((name, labels))
     if found is None:
-        escaped = escape_metric_name(name, UNDERSCORES)
+        metric_name, label_name = _compat.escape_metric_name, _compat.escape_label_name
+        assert metric_name is not None  # multiprocess_fast() checked both
+        assert label_name is not None
+        escaped = metric_name(name, _compat.UNDERSCORES)
         if labels:
             pairs = ",".join(
-                f'{escape_label_name(key, UNDERSCORES)}="{_escape_label_value(value)}"'
+                f'{label_name(key, _compat.UNDERSCORES)}="{_escape_label_value(value)}"'
                 for key, value in sorted(labels)
             )
             found = f"{escaped}{{{pairs}}} "
@@ -781,6 +784,6 @@ def _is_text(encoder: Callable[[Collector], bytes]) -> bool:
         return (
             encoder.func is generate_latest
             and not encoder.args
-            and encoder.keywords == {"escaping": UNDERSCORES}
+            and encoder.keywords == {"escaping": _compat.UNDERSCORES}
         )
     return encoder is generate_latest

@@ -528,35 +528,3 @@ def _bind(app: Any, scope: Scope, root_path: str) -> Any:
         else:
             subdomain = ".".join(filter(None, request_parts[:offset]))
     return url_map.bind(bind_host, root_path or None, subdomain, scheme, scope.get("method"))
-
-
-def find_mounted(root: Any, predicate: Callable[[Any], bool]) -> dict[str, Any]:
-    """Full paths of the routes and mounts whose ASGI app satisfies `predicate`."""
-    found: dict[str, Any] = {}
-    routes = _route_list(unwrap(root))
-    if routes is not None:
-        _find(routes, "", predicate, found, 0)
-    return found
-
-
-def _find(
-    routes: Iterable[Any],
-    prefix: str,
-    predicate: Callable[[Any], bool],
-    found: dict[str, Any],
-    depth: int,
-) -> None:
-    if depth > _MAX_DEPTH:
-        return
-    for matched, _ in _expand(routes):
-        app = getattr(matched, "app", None)
-        mount = _mount_prefix(matched)
-        path_format = getattr(matched, "path_format", None)
-        if app is not None and predicate(app):
-            path = prefix + (mount if mount is not None else path_format or "")
-            if path:
-                found[path] = app
-            continue
-        children = _children(matched)
-        if children is not None:
-            _find(children, prefix + (mount or ""), predicate, found, depth + 1)

@@ -100,10 +100,25 @@ def test_quick_run_succeeds(quick_run: QuickRun) -> None:
         "#### Targets",
         "#### Middleware overhead per request",
         "#### Domain helpers",
-        "#### `/metrics` render",
+        "#### `/metrics` render, text format (no Accept header)",
+        "#### `/metrics` render as Prometheus scrapes: OpenMetrics + gzip",
         "#### Requests served while `/metrics` of 1,000 series is scraped",
     ):
         assert heading in quick_run.stdout
+
+
+def test_every_scrape_row_names_its_accept_header(quick_run: QuickRun) -> None:
+    """Each exposer is scraped with Prometheus's Accept (OpenMetrics) and with none (text)."""
+    assert quick_run.returncode == 0, quick_run.stderr[-3000:]
+    rows = [line for line in quick_run.stdout.splitlines() if line.startswith("| gatewayz |")]
+    rows += [line for line in quick_run.stdout.splitlines() if line.startswith("| make_asgi_app")]
+    cells = sorted(tuple(cell.strip() for cell in row.split("|")[2:4]) for row in rows)
+    assert cells == [
+        ("Prometheus's (prefers OpenMetrics)", "`application/openmetrics-text`"),
+        ("Prometheus's (prefers OpenMetrics)", "`application/openmetrics-text`"),
+        ("none (text)", "`text/plain`"),
+        ("none (text)", "`text/plain`"),
+    ]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))

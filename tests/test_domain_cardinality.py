@@ -3,6 +3,7 @@ self-metric for folded observations, and long or malformed label values made saf
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +31,7 @@ def overflow(registry: CollectorRegistry, metric: str, label: str) -> float | No
     )
 
 
+@pytest.mark.slow
 def test_100k_distinct_user_ids_stay_under_the_cap_with_exact_sums(
     registry: CollectorRegistry,
 ) -> None:

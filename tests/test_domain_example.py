@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from types import ModuleType
 
 import httpx
 import pytest
-import uvicorn
+from _servers import uvicorn_thread
 from prometheus_client import CollectorRegistry
 
 from gatewayz_metrics._secrets import fingerprint
@@ -108,32 +106,13 @@ async def test_a_failing_provider_is_recorded_by_outcome(
     assert get("credits_used_total", {**LABELS, "user_id": fingerprint(API_KEY)}) is None
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def served(snippet: ModuleType, registry: CollectorRegistry) -> Iterator[str]:
     """The example behind a real uvicorn, with a slow stream; yields its base URL."""
     provider = snippet.SimulatedProvider(token_delay=0.2, words=tuple(f"w{i}" for i in range(50)))
-    port = free_port()
-    config = uvicorn.Config(
-        snippet.create_app(registry, provider), host="127.0.0.1", port=port, log_level="error"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    app = snippet.create_app(registry, provider)
+    with uvicorn_thread(app, log_level="error") as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -190,6 +190,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_multiprocess_modes_sum_per_process_gauges_and_keep_the_latest_state(
     tmp_path: Path,
 ) -> None:

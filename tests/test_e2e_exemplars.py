@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,8 +17,8 @@ import httpx
 import pytest
 import yaml
 from _binaries import require_binary
+from _servers import free_port, start_logged, stop, wait_serving
 from promql_queries import REPO_ROOT
-from test_e2e_prometheus import free_port, stop, wait_for
 
 from examples.gateway.load import run_load
 
@@ -27,6 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
 JOB = "gatewayz-exemplars"
 LOAD_SECONDS = 8.0
+STARTUP_SECONDS = 20.0
 QUERY_SECONDS = 30.0
 FAMILIES = (
     "http_request_duration_seconds_bucket",
@@ -42,17 +42,16 @@ def traced_gateway(tmp_path: Path) -> Iterator[str]:
     traffic, on a free loopback port; yields its base URL and stops it in every case."""
     port = free_port()
     log = tmp_path / "gateway.log"
-    output = log.open("wb")
     env = {**os.environ, "GATEWAYZ_DEMO_TRACING": "1", "GATEWAYZ_DEMO_HEALTH_INTERVAL": "1"}
     command = [sys.executable, "-m", "examples.gateway", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--no-traffic", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=output)
+    process = start_logged(command, log, cwd=REPO_ROOT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/health", process, log)
+        wait_serving(f"{url}/health", process, log, timeout=STARTUP_SECONDS)
         yield url
     finally:
-        stop(process, output)
+        stop(process)
 
 
 @pytest.fixture
@@ -76,7 +75,6 @@ def exemplar_prometheus(tmp_path: Path, traced_gateway: str) -> Iterator[str]:
     config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     port = free_port()
     log = tmp_path / "prometheus.log"
-    output = log.open("wb")
     command = [
         binary,
         f"--config.file={config_file}",
@@ -84,13 +82,13 @@ def exemplar_prometheus(tmp_path: Path, traced_gateway: str) -> Iterator[str]:
         f"--web.listen-address=127.0.0.1:{port}",
         "--enable-feature=exemplar-storage",
     ]
-    process = subprocess.Popen(command, cwd=directory, stdout=output, stderr=output)
+    process = start_logged(command, log, cwd=directory)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/-/ready", process, log)
+        wait_serving(f"{url}/-/ready", process, log, timeout=STARTUP_SECONDS)
         yield url
     finally:
-        stop(process, output)
+        stop(process)
 
 
 async def query_exemplars(client: httpx.AsyncClient, family: str, start: float) -> list[str]:

@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from _binaries import require_binary
+from _servers import free_port, start_logged, stop, wait_serving
 from promql_queries import (
     ALERT_RULES_FILE,
     DASHBOARD_QUERIES,
@@ -46,66 +45,23 @@ QUERY_SECONDS = 30.0
 series inside its window, and the queries are polled until they all have data."""
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll `url` until it answers 200; fail with the process's log if it exits or stalls."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args!r} exited with {process.returncode}:\n{log_tail(log)}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{url} not ready after {STARTUP_SECONDS:g} s:\n{log_tail(log)}")
-
-
-def stop(process: subprocess.Popen[bytes], output: BinaryIO) -> None:
-    """Terminate `process`, kill it if it does not stop, and close its log."""
-    try:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-    finally:
-        output.close()
-
-
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[str]:
     """`python -m examples.gateway` on a free loopback port, without built-in traffic (the
     test's load is the only traffic); yields its base URL and stops it in every case."""
     port = free_port()
     log = tmp_path / "gateway.log"
-    output = log.open("wb")
     # A second between health probes, like the scrape interval.
     env = {**os.environ, "GATEWAYZ_DEMO_HEALTH_INTERVAL": "1"}
     command = [sys.executable, "-m", "examples.gateway", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--no-traffic", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=output)
+    process = start_logged(command, log, cwd=REPO_ROOT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/health", process, log)
+        wait_serving(f"{url}/health", process, log, timeout=STARTUP_SECONDS)
         yield url
     finally:
-        stop(process, output)
+        stop(process)
 
 
 def write_config(directory: Path, target: str) -> Path:
@@ -153,20 +109,19 @@ def prometheus(tmp_path: Path, gateway: str) -> Iterator[str]:
     config = write_config(directory, gateway.removeprefix("http://"))
     port = free_port()
     log = tmp_path / "prometheus.log"
-    output = log.open("wb")
     command = [
         binary,
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp_path / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
-    process = subprocess.Popen(command, cwd=directory, stdout=output, stderr=output)
+    process = start_logged(command, log, cwd=directory)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/-/ready", process, log)
+        wait_serving(f"{url}/-/ready", process, log, timeout=STARTUP_SECONDS)
         yield url
     finally:
-        stop(process, output)
+        stop(process)
 
 
 async def api(client: httpx.AsyncClient, path: str, **params: str) -> Any:

@@ -4,8 +4,6 @@ in-process through their factories, and as written, behind `uvicorn examples.<na
 from __future__ import annotations
 
 import importlib.util
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from types import ModuleType
 import httpx
 import pytest
 from _asgi import client_for
+from _servers import free_port, start_logged, stop, wait_serving
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from gatewayz_metrics import UNMATCHED_ENDPOINT, MetricsApp, PrometheusMiddleware
@@ -95,14 +94,6 @@ async def test_the_fastapi_example_mounts_metrics_app(registry: CollectorRegistr
     assert mounted[0].app.scrapes == 2
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 @examples
 def test_the_example_runs_under_uvicorn(example: str, tmp_path: Path) -> None:
@@ -110,27 +101,18 @@ def test_the_example_runs_under_uvicorn(example: str, tmp_path: Path) -> None:
     module, path, template = EXAMPLES[example]
     port = free_port()
     log = tmp_path / "uvicorn.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "uvicorn", f"examples.{module}:app"),
-                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    process = start_logged(
+        [
+            *(sys.executable, "-m", "uvicorn", f"examples.{module}:app"),
+            *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+        ],
+        log,
+        cwd=ROOT,
+    )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "the example did not start within 20 s"
-                try:
-                    client.get("/metrics")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        wait_serving(f"{url}/metrics", process, log)
+        with httpx.Client(base_url=url, timeout=5) as client:
             assert client.get(path).status_code == 200
             # The request is recorded just after its last byte went out: retry the scrape.
             expected = (
@@ -142,9 +124,4 @@ def test_the_example_runs_under_uvicorn(example: str, tmp_path: Path) -> None:
                 time.sleep(0.02)
         assert scrape.status_code == 200
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)

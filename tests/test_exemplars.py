@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from gatewayz_metrics import GatewayMetrics, MetricsApp, PrometheusMiddleware
+from gatewayz_metrics._render import Format, Renderer
 from gatewayz_metrics._validation import InvalidTypeError, InvalidValueError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +182,7 @@ async def test_exemplar_values_are_cleaned_like_labels(registry: CollectorRegist
     assert labels["user"].startswith("sha256:")
     assert "sk-live" not in labels["user"]
     assert labels["note"] == "a?b"
-    assert b"sk-live" not in openmetrics.generate_latest(registry)
+    assert b"sk-live" not in openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
 
 
 def test_the_exemplar_option_is_checked_at_construction(registry: CollectorRegistry) -> None:
@@ -356,13 +357,25 @@ def recorded(registry: CollectorRegistry, tracer: Tracer) -> CollectorRegistry:
 
 @pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
 async def test_openmetrics_scrapes_carry_exemplars_byte_for_byte(
-    recorded: CollectorRegistry, gzipped: bool
+    recorded: CollectorRegistry, gzipped: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """MetricsApp's OpenMetrics answer is prometheus_client's OpenMetrics encoding of the
-    same registry, exemplars included, byte for byte."""
+    """MetricsApp's OpenMetrics answer, rendered by the fast renderer, is prometheus_client's
+    OpenMetrics encoding of the same registry, exemplars included, byte for byte."""
+    formats: list[str] = []
+    fast = Renderer._render_fast
+
+    async def spy(self: Renderer, registry: CollectorRegistry, fmt: Format) -> bytes:
+        formats.append(fmt.name)
+        return await fast(self, registry, fmt)
+
+    monkeypatch.setattr(Renderer, "_render_fast", spy)
     content_type, body = await scrape(MetricsApp(recorded), OPENMETRICS, gzipped=gzipped)
+    assert set(formats) == {"openmetrics"}  # the fast path, not prometheus_client's fallback
+    assert recorded.get_sample_value(
+        "gatewayz_metrics_internal_errors_total", {"component": "render.fast"}
+    ) in (None, 0)
     assert content_type.startswith(b"application/openmetrics-text")
-    assert body == openmetrics.generate_latest(recorded)
+    assert body == openmetrics.generate_latest(recorded)  # type: ignore[no-untyped-call]
     for name in (*HTTP_HISTOGRAMS, *INFERENCE_HISTOGRAMS):
         lines = [line for line in body.splitlines() if line.startswith(f"{name}_bucket".encode())]
         assert any(b' # {span_id="' in line for line in lines), name
@@ -397,6 +410,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from gatewayz_metrics import GatewayMetrics, MetricsApp, PrometheusMiddleware
+from gatewayz_metrics._render import Format, Renderer
 
 async def item(request):
     return PlainTextResponse("ok")

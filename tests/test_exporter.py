@@ -14,11 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _servers import free_port
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_mpread_app import PROMETHEUS_ACCEPT, run_workers
-from test_multiprocess import Server, free_port, wait_for
+from test_multiprocess import Server, wait_for
 
 from gatewayz_metrics import multiprocess_registry
 from gatewayz_metrics.exporter import make_server
@@ -54,7 +55,7 @@ def test_the_exporter_answers_with_prometheus_clients_bytes(exporter: str, tmp_p
     assert om.status_code == 200
     assert om.headers["content-encoding"] == "gzip"
     assert om.headers["content-type"].startswith("application/openmetrics-text")
-    assert om.content == openmetrics_latest(multiprocess_registry(tmp_path))
+    assert om.content == openmetrics_latest(multiprocess_registry(tmp_path))  # type: ignore[no-untyped-call]
 
 
 def test_the_exporter_requires_its_token_and_serves_one_path(exporter: str) -> None:

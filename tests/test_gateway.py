@@ -506,6 +506,7 @@ DOMAIN_SAMPLES = (
 )
 
 
+@pytest.mark.slow
 async def test_the_built_in_traffic_feeds_every_family_and_no_key_leaks(
     registry: CollectorRegistry,
 ) -> None:
@@ -546,6 +547,7 @@ async def test_the_built_in_traffic_feeds_every_family_and_no_key_leaks(
     assert "sk-demo" not in exposition
 
 
+@pytest.mark.slow
 def test_importing_the_app_module_registers_nothing_until_app_is_used() -> None:
     """`examples.gateway.app:app` (what uvicorn and Docker Compose load) is a FastAPI app in
     the default registry, built on first access: the import alone registers nothing."""
@@ -660,6 +662,7 @@ def test_the_load_cli_explains_a_refusal(capsys: pytest.CaptureFixture[str]) -> 
     assert "refusing to send load to 'example.com'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 async def test_drive_sends_every_scenario_of_its_mix(registry: CollectorRegistry) -> None:
     """One run of `drive` covers every scenario of the deck and counts answers by status."""
     wanted = {"200", "400", "401", "402", "404", "429"}

@@ -28,7 +28,7 @@ from test_gateway import (
 
 from examples.gateway import load
 from examples.gateway.app import Gateway, Settings, create_app
-from examples.gateway.providers import ProviderProfile
+from examples.gateway.providers import DEFAULT_PROVIDERS, ProviderProfile
 
 GPT_4O = "openai/gpt-4o"
 SONNET = "anthropic/claude-3-5-sonnet"
@@ -260,7 +260,7 @@ def test_the_demo_has_a_model_without_a_price_and_a_provider_that_429s() -> None
     """The default providers exercise the unpriced and upstream-429 paths under load."""
     assert CATALOG[MIXTRAL].cost is None
     assert sum(1 for model in CATALOG.values() if model.cost is None) == 1
-    assert any(profile.rate_limit_rate > 0 for profile in load.DEFAULT_PROVIDERS)
+    assert any(profile.rate_limit_rate > 0 for profile in DEFAULT_PROVIDERS)
 
 
 def test_the_load_sends_concurrent_pairs_with_the_one_at_a_time_key() -> None:

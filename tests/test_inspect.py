@@ -5,17 +5,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from _servers import free_port, uvicorn_thread
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from starlette.applications import Starlette
@@ -32,14 +30,6 @@ LEAKED = [
     "AKIAIOSFODNN7EXAMPLEKEY",
     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b",
 ]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -103,11 +93,11 @@ def test_near_cap_uses_the_caps_the_application_sets(tmp_path: Path) -> None:
     near = {(n["metric"], n["label"]): n for n in json.loads(out)["near_cap"]}
     assert near[("model_seen", "model")]["cap"] == 200
     _, out = run("inspect", str(path), "--json", "--cap", "model=1000")
-    near = {(n["metric"], n["label"]) for n in json.loads(out)["near_cap"]}
-    assert ("model_seen", "model") in near  # 950 of 1000
+    flagged = {(n["metric"], n["label"]) for n in json.loads(out)["near_cap"]}
+    assert ("model_seen", "model") in flagged  # 950 of 1000
     _, out = run("inspect", str(path), "--json", "--cap", "model=2000")
-    near = {(n["metric"], n["label"]) for n in json.loads(out)["near_cap"]}
-    assert ("model_seen", "model") not in near
+    flagged = {(n["metric"], n["label"]) for n in json.loads(out)["near_cap"]}
+    assert ("model_seen", "model") not in flagged
 
 
 def test_max_series_is_a_ci_gate(tmp_path: Path) -> None:
@@ -163,21 +153,10 @@ def protected() -> Iterator[str]:
 
     app = Starlette(routes=[Route("/v1/chat", chat, methods=["POST"])])
     app.add_middleware(PrometheusMiddleware, registry=registry, bearer_token="s3cret-token")
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during start-up"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    base = f"http://127.0.0.1:{config.port}"
-    for _ in range(3):
-        httpx.post(f"{base}/v1/chat")
-    yield f"{base}/metrics"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_thread(app, log_level="critical") as base:
+        for _ in range(3):
+            httpx.post(f"{base}/v1/chat")
+        yield f"{base}/metrics"
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def body(data: bytes, *, more: bool = False) -> Message:
 # --- 3. timing ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_duration_stops_at_the_last_body_chunk(registry: CollectorRegistry) -> None:
     """A 0.5 s stream followed by 0.5 s of work records ~0.5 s, and a small TTFB."""
 

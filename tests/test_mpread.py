@@ -21,8 +21,14 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 
-from gatewayz_metrics import multiprocess_registry, retire_worker
+from gatewayz_metrics import _compat, multiprocess_registry, retire_worker
 from gatewayz_metrics._mpread import FastMultiProcessReader
+
+pytestmark = pytest.mark.skipif(
+    not _compat.multiprocess_fast(),
+    reason="the fast multiprocess reader serves only the prometheus-client releases it was "
+    "proven on; others read through MultiProcessCollector (tests/test_compat.py)",
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_ACCEPT = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from _servers import free_port, kill_session, start_logged
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -97,14 +97,6 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return sum(value for (sample, _), value in samples.items() if sample == name)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def children(pid: int) -> set[int]:
     """The worker processes of the server `pid` (multiprocessing's helper excluded)."""
     found = set()
@@ -139,19 +131,13 @@ class Server:
         self.directory = directory
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        self.process = start_logged(argv, log, cwd=REPO_ROOT, env=env, new_session=True)
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
     def stop(self) -> None:
         """Kill the server and every worker of its session."""
         self.client.close()
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
+        kill_session(self.process)
 
     def output(self) -> str:
         """What the server logged, for failure messages."""
@@ -259,6 +245,7 @@ def test_check_refuses_a_path_other_than_the_variable(
         check_multiproc_dir(tmp_path)
 
 
+@pytest.mark.slow
 def test_check_detects_prometheus_client_imported_too_early(tmp_path: Path) -> None:
     """Setting the variable after prometheus_client was imported is caught, not silent."""
     script = textwrap.dedent(
@@ -278,6 +265,7 @@ def test_check_detects_prometheus_client_imported_too_early(tmp_path: Path) -> N
     assert "prometheus_client was imported in this process before it was set" in result.stderr
 
 
+@pytest.mark.slow
 def test_check_refuses_files_of_an_earlier_run_and_cleans_them_on_request(
     tmp_path: Path,
 ) -> None:
@@ -301,6 +289,7 @@ def test_check_keeps_the_files_of_the_calling_process(tmp_path: Path) -> None:
 # --- retiring dead workers -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_retiring_dead_workers_keeps_every_count_and_drops_live_gauges(tmp_path: Path) -> None:
     """Folding dead workers into the archive changes no sum; their in-progress gauges go."""
     for step in range(3):
@@ -330,6 +319,7 @@ def test_retiring_dead_workers_keeps_every_count_and_drops_live_gauges(tmp_path:
     assert final[("provider_availability", (("provider", "openai"),))] == 0
 
 
+@pytest.mark.slow
 def test_gunicorn_child_exit_retires_the_exited_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,6 +348,7 @@ def test_gunicorn_child_exit_never_raises(
     assert "could not retire the files of worker 12345" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_collector_outside_the_workers_retires_nobody(tmp_path: Path) -> None:
     """A process that writes nothing there (a sidecar?) cannot judge liveness: it only reads."""
     run_worker(tmp_path, 0)
@@ -366,6 +357,7 @@ def test_a_collector_outside_the_workers_retires_nobody(tmp_path: Path) -> None:
     assert any(file.name.startswith("gauge_livesum_") for file in tmp_path.glob("*.db"))
 
 
+@pytest.mark.slow
 def test_a_worker_scraping_retires_the_dead_ones(tmp_path: Path) -> None:
     """A worker's scrape (MetricsApp's registry) retires workers that are gone."""
     run_worker(tmp_path, 0)

@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 from _asgi import ScriptedReceive, http_scope
+from _servers import free_port
 from prometheus_client import values
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from test_multiprocess import REPO_ROOT, free_port
+from test_multiprocess import REPO_ROOT
 
 from gatewayz_metrics import MetricsApp, PrometheusMiddleware
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from _binaries import require_binary
+from _servers import free_port, stop
 from promql_queries import (
     ALERT_RULES,
     DASHBOARD_FILE,
@@ -221,13 +221,6 @@ def _walk(node: Any) -> Iterator[tuple[str, Any]]:
             yield from _walk(item)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _http_json(url: str, payload: Any = None) -> Any:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -361,6 +354,7 @@ def test_rule_file_is_valid(rule_file: Path) -> None:
 
 
 @pytest.mark.prometheus
+@pytest.mark.slow
 def test_rule_unit_tests_pass() -> None:
     """promtool test rules passes on every test file under examples/prometheus/tests."""
     test_files = _rule_test_files()
@@ -466,6 +460,7 @@ MUTATIONS = [
 
 @pytest.mark.prometheus
 @pytest.mark.parametrize(("rule_file", "old", "new", "test_file"), MUTATIONS)
+@pytest.mark.slow
 def test_rule_unit_tests_catch_a_broken_rule(
     rule_file: Path, old: str, new: str, test_file: str, tmp_path: Path
 ) -> None:
@@ -620,7 +615,7 @@ def test_target_down_inhibits_other_alerts_of_its_environment(tmp_path: Path) ->
     config["receivers"] = [{"name": receiver["name"]} for receiver in config["receivers"]]
     config_file = tmp_path / "alertmanager.yml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}/api/v2"
     with (tmp_path / "alertmanager.log").open("w") as log:
         process = subprocess.Popen(
@@ -674,8 +669,7 @@ def test_target_down_inhibits_other_alerts_of_its_environment(tmp_path: Path) ->
                     break
                 time.sleep(0.2)
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop(process)
     log_text = (tmp_path / "alertmanager.log").read_text()
     assert states == {
         ("GatewayzTargetDown", "production"): "active",

@@ -32,9 +32,9 @@ def test_a_callback_value_that_cannot_convert_spares_the_scrape(
     drops that value only; the scrape answers and the fault is counted."""
     metrics = GatewayMetrics(registry)
     metrics.set_cache_size("kept", 5)
-    metrics.register_gauge_callback(
-        "current_rate_limit", lambda: {"rpm": 3, "broken": Unconvertible(), "huge": 10**400}
-    )
+    values: dict[str, object] = {"rpm": 3, "broken": Unconvertible(), "huge": 10**400}
+    # Deliberately not a Mapping[str, float]: what a buggy callback really returns.
+    metrics.register_gauge_callback("current_rate_limit", lambda: values)  # type: ignore[arg-type,return-value]
     metrics.register_gauge_callback("queue_size", lambda: {"jobs": 3, "huge": 10**400})
     text = generate_latest(registry).decode()
     assert 'current_rate_limit{limit_type="rpm"} 3.0' in text

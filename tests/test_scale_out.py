@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ import httpx
 import pytest
 import yaml
 from _binaries import require_binary
+from _servers import free_port, kill_session, start_logged
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,14 +35,6 @@ CONFIGS = ("prometheus.yml", "long-term-store.yml", "kubernetes.yml")
 APP = "examples.multiprocess.app:app"
 REQUESTS = (5, 8, 11)  # per replica: different, so that a mixed-up label shows
 DEADLINE = 60.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def promtool_check(config: Path) -> subprocess.CompletedProcess[str]:
@@ -107,11 +98,8 @@ class Processes:
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Start `argv`, logging to `name`.log."""
-        with (self.logs / f"{name}.log").open("wb") as out:
-            process = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        log = self.logs / f"{name}.log"
+        process = start_logged(argv, log, cwd=REPO_ROOT, env=env, new_session=True)
         self.started.append((name, process))
 
     def check_running(self) -> None:
@@ -124,9 +112,7 @@ class Processes:
     def stop(self) -> None:
         """Kill every process started, with its children."""
         for _, process in self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            kill_session(process)
 
 
 @pytest.fixture

@@ -4,16 +4,14 @@ client that hangs up mid-stream, and `/metrics` scraped over HTTP."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from _apps import STREAM_CHUNKS, build_app
+from _servers import uvicorn_thread
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,33 +22,12 @@ STREAM_DELAY = 0.3
 """Seconds before each `/stream` chunk: long enough for a client to leave mid-stream."""
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(params=["starlette", "fastapi"], ids=["starlette", "fastapi"])
 def served(request: pytest.FixtureRequest) -> Iterator[str]:
     """The test app behind uvicorn in a thread; yields its base URL, stops it afterwards."""
     app = build_app(request.param, CollectorRegistry(), stream_delay=STREAM_DELAY)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), log_level="critical", ws="none", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during startup"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "uvicorn did not stop within 10 s"
+    with uvicorn_thread(app, log_level="critical", ws="none", lifespan="on") as url:
+        yield url
 
 
 def scraped(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

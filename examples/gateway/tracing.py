@@ -43,7 +43,7 @@ def enable_tracing(app: FastAPI, *, skip_paths: Sequence[str] = ("/metrics", TRA
 
     traces = RecentTraces()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(traces))
+    provider.add_span_processor(SimpleSpanProcessor(traces))  # type: ignore[arg-type]
     tracer = provider.get_tracer("examples.gateway")
     # Added last, so outermost: the span is active while PrometheusMiddleware records.
     app.add_middleware(ServerSpans, tracer=tracer, skip_paths=tuple(skip_paths))

@@ -179,9 +179,15 @@ def normalise(kind: str, value: Any) -> str:
     return text
 
 
+# The one key PrometheusMiddleware adds to the scope on purpose (documented in the README):
+# the registries measuring the request, so that a second middleware on the same registry
+# does not count it twice. Every other key must be the bare run's.
+_OWN_SCOPE_KEY = "gatewayz_metrics.measured_by"
+
+
 def _scope_view(scope: Scope) -> dict[str, Any]:
     # The scope as handed over; keys the framework adds later are not part of it.
-    return dict(scope)
+    return {key: value for key, value in scope.items() if key != _OWN_SCOPE_KEY}
 
 
 class Recorder:
