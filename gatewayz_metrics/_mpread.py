@@ -226,7 +226,7 @@ class FastMultiProcessReader:
     def render(self, encoder: Callable[[Collector], bytes]) -> bytes:
         """`encoder(multiprocess_registry(path))`, through the fast path when it can."""
         if not _compat.multiprocess_fast():
-            return encoder(multiprocess_registry(self._directory))
+            return encoder(multiprocess_registry(self._directory, retire_dead_workers=self._retire))
         try:
             with self._lock:
                 layout, values, recent = self._read()
@@ -242,7 +242,7 @@ class FastMultiProcessReader:
         except Exception as exc:
             self.close()
             report_internal_error(self._errors_registry, "multiprocess.fast", exc)
-        return encoder(multiprocess_registry(self._directory))
+        return encoder(multiprocess_registry(self._directory, retire_dead_workers=self._retire))
 
     def _format(self, encoder: Callable[[Collector], bytes]) -> _Format | None:
         key = _encoder_key(encoder)
@@ -258,7 +258,9 @@ class FastMultiProcessReader:
     def collect(self) -> list[Metric]:
         """The merged metric families, equal to `MultiProcessCollector`'s."""
         if not _compat.multiprocess_fast():
-            return list(multiprocess_registry(self._directory).collect())
+            return list(
+                multiprocess_registry(self._directory, retire_dead_workers=self._retire).collect()
+            )
         with self._lock:
             layout, values, recent = self._read()
             return _metrics(layout, values, recent)

@@ -200,7 +200,9 @@ def mark_dead_workers(path: str | os.PathLike[str] | None = None) -> tuple[int, 
         return _retire_locked(directory, dead)
 
 
-def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> CollectorRegistry:
+def multiprocess_registry(
+    path: str | os.PathLike[str] | None = None, *, retire_dead_workers: bool = True
+) -> CollectorRegistry:
     """A registry that serves the merged metrics of all workers in the directory.
 
     Each collection first retires workers that are gone (only when the collecting process
@@ -209,6 +211,8 @@ def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> Collect
     exactly once. `restricted_registry(names)` (what `?name[]=` uses) keeps the samples so
     named, as it does in single-process mode. Raises `ValueError`
     naming the problem when the directory is missing or not a directory.
+    `retire_dead_workers=False` only reads (a process outside the workers' pid namespace,
+    such as the exporter, must never judge them dead).
     """
     directory = _directory(path)
     if not directory.is_dir():
@@ -216,7 +220,7 @@ def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> Collect
             f"{MULTIPROC_DIR_ENV} directory {str(directory)!r} does not exist or is not a directory"
         )
     registry = _MultiprocessRegistry()
-    _LockedCollector(registry, str(directory))
+    _LockedCollector(registry, str(directory), retire=retire_dead_workers)
     return registry
 
 
@@ -319,13 +323,14 @@ class _RestrictedMultiprocess(RestrictedRegistry):
 class _LockedCollector(MultiProcessCollector):
     """`MultiProcessCollector` that retires dead workers and reads under the shared lock."""
 
-    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+    def __init__(self, registry: CollectorRegistry, path: str, *, retire: bool = True) -> None:
         super().__init__(registry, path)  # type: ignore[no-untyped-call]
         self._directory = Path(path)
+        self._retire = retire
 
     def collect(self) -> Iterable[Metric]:
         directory = self._directory
-        if str(os.getpid()) in _pids_raw(directory):
+        if self._retire and str(os.getpid()) in _pids_raw(directory):
             try:
                 mark_dead_workers(directory)
             except Exception as exc:
