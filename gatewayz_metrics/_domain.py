@@ -781,8 +781,12 @@ class InferenceHandle:
         """Record the call's tokens (`tokens_used_total`) and, for a stream that
         succeeded, its time per output token. Call it once per block.
 
-        `None` means the provider did not report that count: it is not recorded.
+        `None` means the provider did not report that count: it is not recorded. A call
+        that records nothing (its arguments were invalid, already counted as dropped, or
+        its tracker was re-entered) records no usage or cost either.
         """
+        if self._series is None:
+            return
         metrics = self._metrics
         try:
             if self._usage_set:
