@@ -21,7 +21,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from gatewayz_metrics._cardinality import OVERFLOW_VALUE, BoundedLabel
-from gatewayz_metrics._http import HTTPMetrics, check_buckets, measured_here, method_label
+from gatewayz_metrics._http import (
+    HTTPMetrics,
+    check_buckets,
+    measured_here,
+    method_label,
+    status_label,
+)
 from gatewayz_metrics._internal import (
     create_self_metrics,
     log_once,
@@ -707,7 +713,9 @@ class _HTTPSeries:
         self.duration = http.bound(method, endpoint).duration
 
     def requests(self, status_code: int) -> Counter:
-        child: Counter = self.http.request_counter(self.method, self.endpoint, str(status_code))
+        child: Counter = self.http.request_counter(
+            self.method, self.endpoint, status_label(status_code)
+        )
         return child
 
 
