@@ -67,13 +67,13 @@ def test_track_http_request_labels_with_the_same_rule(registry: CollectorRegistr
     """An exception carrying an out-of-range status is a 500, a valid one its own code."""
     metrics = GatewayMetrics(registry)
 
-    class Carried(Exception):
+    class CarriedStatusError(Exception):
         def __init__(self, status_code: int) -> None:
             self.status_code = status_code
 
     for status in (1000, 404):
-        with pytest.raises(Carried), metrics.track_http_request("GET", "/x"):
-            raise Carried(status)
+        with pytest.raises(CarriedStatusError), metrics.track_http_request("GET", "/x"):
+            raise CarriedStatusError(status)
     with metrics.track_http_request("GET", "/x") as request:
         request.set_status(299)
     assert recorded_statuses(registry) == {"500": 1.0, "404": 1.0, "299": 1.0}
