@@ -315,9 +315,9 @@ class MetricsApp:
     def _source(self) -> Collector:
         if not self._multiprocess:
             return self.registry
-        from gatewayz_metrics._multiprocess import multiprocess_registry
+        from gatewayz_metrics._multiprocess import _merged_registry
 
-        return multiprocess_registry()
+        return _merged_registry(None, self.registry)
 
     @staticmethod
     def _restricted(names: Sequence[str], source: Collector) -> Collector:

@@ -66,12 +66,12 @@ from prometheus_client.utils import floatToGoString
 from gatewayz_metrics._internal import report_internal_error
 from gatewayz_metrics._multiprocess import (
     _locked,
+    _mark_dead,
+    _merged_registry,
     _pids_raw,
     _sized,
-    mark_dead_workers,
-    multiprocess_registry,
 )
-from gatewayz_metrics._render import format_value
+from gatewayz_metrics._render import _escape_label_value, format_value
 
 __all__ = ["FastMultiProcessReader"]
 
@@ -244,7 +244,7 @@ class FastMultiProcessReader:
         except Exception as exc:
             self.close()
             report_internal_error(self._errors_registry, "multiprocess.fast", exc)
-        return encoder(multiprocess_registry(self._directory))
+        return encoder(_merged_registry(self._directory, self._errors_registry))
 
     def _format(self, encoder: Callable[[Collector], bytes]) -> _Format | None:
         key = _encoder_key(encoder)
@@ -287,7 +287,7 @@ class FastMultiProcessReader:
         if self._retire and str(os.getpid()) in _pids_raw(directory):
             # As multiprocess_registry does: retire workers that are gone first.
             try:
-                mark_dead_workers(directory)
+                _mark_dead(directory, self._errors_registry)
             except Exception as exc:
                 report_internal_error(self._errors_registry, "multiprocess.retire", exc)
         with _locked(directory, exclusive=False):
@@ -548,10 +548,6 @@ def _prefix(cache: dict[tuple[str, _Labels], str], name: str, labels: _Labels) -
             found = f"{escaped} "
         cache[(name, labels)] = found
     return found
-
-
-def _escape_label_value(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def _combine(
