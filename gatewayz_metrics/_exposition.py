@@ -93,6 +93,14 @@ def configured_token(bearer_token: object) -> bytes | None:
     return check_token(f"the token in {BEARER_TOKEN_FILE_ENV} ({path})", text)
 
 
+def authorized(header: bytes, token: bytes) -> bool:
+    """Whether an `Authorization` header carries `Bearer <token>`, compared in constant time."""
+    scheme, _, credentials = header.partition(b" ")
+    # compare_digest on both branches: the time taken must not tell how much matched.
+    ok = hmac.compare_digest(credentials.strip(), token)
+    return ok and scheme.lower() == b"bearer"
+
+
 class _Flight:
     """One render and the scrapes that wait for it."""
 
@@ -217,10 +225,7 @@ class MetricsApp:
 
     def _authorized(self, header: bytes) -> bool:
         assert self._token is not None
-        scheme, _, credentials = header.partition(b" ")
-        # compare_digest on both branches: the time taken must not tell how much matched.
-        ok = hmac.compare_digest(credentials.strip(), self._token)
-        return ok and scheme.lower() == b"bearer"
+        return authorized(header, self._token)
 
     async def _shared_render(self, key: _RenderKey, encoder: Encoder) -> bytes:
         """The body for `key`, from a render that began after this scrape arrived.
@@ -326,9 +331,9 @@ class MetricsApp:
     def _source(self) -> Collector:
         if not self._multiprocess:
             return self.registry
-        from gatewayz_metrics._multiprocess import multiprocess_registry
+        from gatewayz_metrics._multiprocess import _merged_registry
 
-        return multiprocess_registry()
+        return _merged_registry(None, self.registry)
 
     @staticmethod
     def _restricted(names: Sequence[str], source: Collector) -> Collector:
