@@ -1,4 +1,8 @@
-"""Every prometheus_client internal the fast renderer reads, in one place, checked once.
+"""Every prometheus_client internal the package reads, in one place, checked once.
+
+The fast renderer's (below), and multiprocess mode's (at the end): the value class chosen
+at import, the `MmapedDict` file format (read by `_mpread`, written by the worker retirement
+in `_multiprocess`) and `MultiProcessCollector.merge`.
 
 prometheus_client has no public API for "the children of a metric" or "the value of a child";
 the fast renderer (`_render.py`) reads its private attributes instead. Each one is named
@@ -25,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client import exposition as _exposition
 from prometheus_client import metrics as _metrics
+from prometheus_client import mmap_dict as _mmap_dict
 from prometheus_client import utils as _utils
 from prometheus_client import values as _values
 from prometheus_client.metrics import MetricWrapperBase
@@ -284,3 +289,31 @@ def structure_problem() -> str | None:
         if not _checked:
             _checked.append(_structure_problem())
         return _checked[0]
+
+
+# --- multiprocess mode ----------------------------------------------------------------
+
+MmapedDict: Any = _mmap_dict.MmapedDict
+"""The file of one worker and kind: `write_value`, `read_all_values_from_file`, `close`."""
+
+MMAP_HEADER_BYTES = 8
+"""`MmapedDict`'s header: the bytes used (4) and padding (4); a shorter file is unreadable."""
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client picked its multiprocess value class (once, at its import,
+    from `PROMETHEUS_MULTIPROC_DIR`)."""
+    return bool(getattr(_values.ValueClass, "_multiprocess", False))
+
+
+def multiprocess_structure_problem() -> str | None:
+    """What of the multiprocess internals above is missing, or None: checked by the tests of
+    every release in the matrix, and by `_multiprocess` before it rewrites any file."""
+    for name in ("write_value", "read_all_values_from_file", "close"):
+        if not callable(getattr(MmapedDict, name, None)):
+            return f"prometheus_client.mmap_dict.MmapedDict.{name} is missing"
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not callable(getattr(MultiProcessCollector, "merge", None)):
+        return "prometheus_client.multiprocess.MultiProcessCollector.merge is missing"
+    return None

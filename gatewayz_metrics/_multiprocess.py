@@ -32,12 +32,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from prometheus_client import REGISTRY, CollectorRegistry, values
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import RestrictedRegistry
 
+from gatewayz_metrics import _compat
 from gatewayz_metrics._internal import logger, report_internal_error
 from gatewayz_metrics._types import ASGIApp, Receive, Scope, Send
 
@@ -50,7 +50,7 @@ ARCHIVE = "archive"
 """The 'pid' part of the files that hold the counts of retired workers."""
 
 _LOCK_NAME = "gatewayz-metrics.lock"  # not *.db: MultiProcessCollector never reads it
-_HEADER_BYTES = 8  # MmapedDict: bytes used (4), padding (4)
+_HEADER_BYTES = _compat.MMAP_HEADER_BYTES
 _FILE = re.compile(r"^(?P<kind>counter|histogram|summary|gauge_[a-z]+)_(?P<pid>[^_]+)\.db$")
 # What folding does with two values of one series, per kind of file.
 _SUM, _MIN, _MAX, _LATEST = "sum", "min", "max", "latest"
@@ -364,8 +364,7 @@ class _LockedCollector(MultiProcessCollector):
 
 
 def _multiprocess_mode() -> bool:
-    # prometheus_client picks its value class once, at import, from the environment.
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
+    return _compat.multiprocess_mode()
 
 
 def _directory(path: str | os.PathLike[str] | None) -> Path:
@@ -551,6 +550,9 @@ def _retire_locked(
     """
     if sys.platform == "win32":  # pragma: no cover - without a lock, readers could count twice
         return ()
+    problem = _compat.multiprocess_structure_problem()
+    if problem is not None:  # never rewrite files in a format this release may not write
+        raise RuntimeError(f"not retiring dead workers: {problem}")
     # Again, under the lock.
     files = {pid: found for pid in pids if (found := _files_of(directory, pid))}
     files = {pid: found for pid, found in files.items() if not _writer_alive(pid, directory)}
@@ -614,12 +616,12 @@ def _stage(
         partial = directory / f".{kind}_{ARCHIVE}.db.partial"
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        out = MmapedDict(str(partial))  # type: ignore[no-untyped-call]
+        out = _compat.MmapedDict(str(partial))
         try:
             for key, (value, timestamp) in merged.items():
-                out.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
+                out.write_value(key, value, timestamp)
         finally:
-            out.close()  # type: ignore[no-untyped-call]
+            out.close()
         staged.append((partial, archive))
     return staged
 
@@ -632,7 +634,7 @@ def _mtime(file: Path) -> tuple[int, str]:
 
 
 def _read(file: Path) -> list[tuple[str, float, float, int]]:
-    return list(MmapedDict.read_all_values_from_file(str(file)))  # type: ignore[no-untyped-call]
+    return list(_compat.MmapedDict.read_all_values_from_file(str(file)))
 
 
 def _combine(

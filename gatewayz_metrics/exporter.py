@@ -39,7 +39,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
-from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from gatewayz_metrics._exposition import (
@@ -51,6 +50,7 @@ from gatewayz_metrics._exposition import (
 )
 from gatewayz_metrics._internal import log_once, logger
 from gatewayz_metrics._mpread import FastMultiProcessReader, _Fixed
+from gatewayz_metrics._multiprocess import restrict
 
 __all__ = ["DEFAULT_PORT", "main", "make_server", "start_exporter"]
 
@@ -240,12 +240,8 @@ def _restricted(
     wanted = set(names)
 
     def encode(source: Collector) -> bytes:
-        kept: list[Metric] = []
-        for metric in source.collect():
-            restricted = metric._restricted_metric(wanted)  # type: ignore[no-untyped-call]
-            if restricted is not None:
-                kept.append(restricted)
-        return encoder(_Fixed(kept))
+        # The one restriction rule of multiprocess mode (`_multiprocess.restrict`).
+        return encoder(_Fixed(list(restrict(source.collect(), wanted))))
 
     return encode
 
