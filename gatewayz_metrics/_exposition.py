@@ -9,6 +9,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
@@ -17,11 +18,13 @@ from prometheus_client.registry import Collector
 
 from gatewayz_metrics._aio import Waitable, is_cancellation, loop_token, new_event, run_sync, spawn
 from gatewayz_metrics._internal import logger, report_internal_error
-from gatewayz_metrics._mpread import FastMultiProcessReader
 from gatewayz_metrics._multiprocess import MultiprocDirError, send_unavailable
 from gatewayz_metrics._registry import resolve_registry
 from gatewayz_metrics._render import TEXT, CollectorError, Renderer, format_for
 from gatewayz_metrics._types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from gatewayz_metrics._mpread import FastMultiProcessReader
 
 BEARER_TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
 """Environment variable read for the bearer token when `bearer_token=` is not given."""
@@ -321,6 +324,9 @@ class MetricsApp:
         return gzip.compress(body, compresslevel=6) if compress else body
 
     def _multiprocess_reader(self) -> FastMultiProcessReader:
+        # Imported here: only a multiprocess deployment pays for the reader's import.
+        from gatewayz_metrics._mpread import FastMultiProcessReader
+
         # One per app: it keeps the keys parsed from the workers' files between scrapes.
         with self._counts_lock:
             if self._mp_reader is None:

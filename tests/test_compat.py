@@ -161,3 +161,10 @@ def test_workers_are_not_retired_on_a_release_without_the_expected_file_api(
     with pytest.raises(RuntimeError, match="read_all_values_from_file is missing"):
         _retire_locked(tmp_path, [999999], CollectorRegistry())
     assert dead.read_bytes() == before
+
+
+def test_the_release_is_read_without_importlib_metadata() -> None:
+    """The version from the `.dist-info` name equals what `importlib.metadata` reports."""
+    from importlib.metadata import version
+
+    assert _compat._dist_info_version() == version("prometheus-client")
