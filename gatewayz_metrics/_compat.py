@@ -1,4 +1,8 @@
-"""Every prometheus_client internal the fast renderer reads, in one place, checked once.
+"""Every prometheus_client internal the package reads, in one place, checked once.
+
+The fast renderer's (below), and multiprocess mode's (at the end): the value class chosen
+at import, the `MmapedDict` file format (read by `_mpread`, written by the worker retirement
+in `_multiprocess`) and `MultiProcessCollector.merge`.
 
 prometheus_client has no public API for "the children of a metric" or "the value of a child";
 the fast renderer (`_render.py`) reads its private attributes instead. Each one is named
@@ -15,16 +19,16 @@ prometheus_client's own encoders: slower, never wrong.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from functools import partial
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _distribution_version
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client import exposition as _exposition
 from prometheus_client import metrics as _metrics
+from prometheus_client import mmap_dict as _mmap_dict
 from prometheus_client import utils as _utils
 from prometheus_client import values as _values
 from prometheus_client.metrics import MetricWrapperBase
@@ -39,11 +43,32 @@ after the byte-for-byte tests pass on the new release."""
 Children = dict[tuple[str, ...], Any]
 
 
-def _installed_version() -> tuple[int, ...]:
+def _dist_info_version() -> str | None:
+    """The version in the name of prometheus_client's `.dist-info` beside the package: what
+    `importlib.metadata` would read, without its import (~8 ms of every start-up)."""
     try:
-        text = _distribution_version("prometheus-client")
-    except PackageNotFoundError:  # pragma: no cover - vendored or renamed distribution
-        return ()
+        site = os.path.dirname(os.path.dirname(os.path.abspath(_utils.__file__)))
+        names = os.listdir(site)
+    except OSError:  # pragma: no cover - a zip import or an unreadable directory
+        return None
+    found = [
+        name[len("prometheus_client-") : -len(".dist-info")]
+        for name in names
+        if name.startswith("prometheus_client-") and name.endswith(".dist-info")
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _installed_version() -> tuple[int, ...]:
+    text = _dist_info_version()
+    if text is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as distribution_version
+
+        try:
+            text = distribution_version("prometheus-client")
+        except PackageNotFoundError:  # pragma: no cover - vendored or renamed distribution
+            return ()
     parts: list[int] = []
     for part in text.split("."):
         digits = "".join(char for char in part if char.isdigit())
@@ -284,3 +309,31 @@ def structure_problem() -> str | None:
         if not _checked:
             _checked.append(_structure_problem())
         return _checked[0]
+
+
+# --- multiprocess mode ----------------------------------------------------------------
+
+MmapedDict: Any = _mmap_dict.MmapedDict
+"""The file of one worker and kind: `write_value`, `read_all_values_from_file`, `close`."""
+
+MMAP_HEADER_BYTES = 8
+"""`MmapedDict`'s header: the bytes used (4) and padding (4); a shorter file is unreadable."""
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client picked its multiprocess value class (once, at its import,
+    from `PROMETHEUS_MULTIPROC_DIR`)."""
+    return bool(getattr(_values.ValueClass, "_multiprocess", False))
+
+
+def multiprocess_structure_problem() -> str | None:
+    """What of the multiprocess internals above is missing, or None: checked by the tests of
+    every release in the matrix, and by `_multiprocess` before it rewrites any file."""
+    for name in ("write_value", "read_all_values_from_file", "close"):
+        if not callable(getattr(MmapedDict, name, None)):
+            return f"prometheus_client.mmap_dict.MmapedDict.{name} is missing"
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not callable(getattr(MultiProcessCollector, "merge", None)):
+        return "prometheus_client.multiprocess.MultiProcessCollector.merge is missing"
+    return None

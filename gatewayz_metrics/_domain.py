@@ -27,7 +27,13 @@ from gatewayz_metrics._exemplars import (
     check_option,
     exemplar_for,
 )
-from gatewayz_metrics._http import HTTPMetrics, check_buckets, measured_here, method_label
+from gatewayz_metrics._http import (
+    HTTPMetrics,
+    check_buckets,
+    measured_here,
+    method_label,
+    status_label,
+)
 from gatewayz_metrics._internal import (
     create_self_metrics,
     log_once,
@@ -717,7 +723,9 @@ class _HTTPSeries:
         self.duration = http.bound(method, endpoint).duration
 
     def requests(self, status_code: int) -> Counter:
-        child: Counter = self.http.request_counter(self.method, self.endpoint, str(status_code))
+        child: Counter = self.http.request_counter(
+            self.method, self.endpoint, status_label(status_code)
+        )
         return child
 
 
@@ -797,8 +805,12 @@ class InferenceHandle:
         """Record the call's tokens (`tokens_used_total`) and, for a stream that
         succeeded, its time per output token. Call it once per block.
 
-        `None` means the provider did not report that count: it is not recorded.
+        `None` means the provider did not report that count: it is not recorded. A call
+        that records nothing (its arguments were invalid, already counted as dropped, or
+        its tracker was re-entered) records no usage or cost either.
         """
+        if self._series is None:
+            return
         metrics = self._metrics
         try:
             if self._usage_set:

@@ -9,6 +9,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
@@ -17,11 +18,13 @@ from prometheus_client.registry import Collector
 
 from gatewayz_metrics._aio import Waitable, is_cancellation, loop_token, new_event, run_sync, spawn
 from gatewayz_metrics._internal import logger, report_internal_error
-from gatewayz_metrics._mpread import FastMultiProcessReader
 from gatewayz_metrics._multiprocess import MultiprocDirError, send_unavailable
 from gatewayz_metrics._registry import resolve_registry
 from gatewayz_metrics._render import TEXT, CollectorError, Renderer, format_for
 from gatewayz_metrics._types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from gatewayz_metrics._mpread import FastMultiProcessReader
 
 BEARER_TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
 """Environment variable read for the bearer token when `bearer_token=` is not given."""
@@ -91,6 +94,14 @@ def configured_token(bearer_token: object) -> bytes | None:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ValueError(f"{BEARER_TOKEN_FILE_ENV}: cannot read {path!r}: {reason}") from None
     return check_token(f"the token in {BEARER_TOKEN_FILE_ENV} ({path})", text)
+
+
+def authorized(header: bytes, token: bytes) -> bool:
+    """Whether an `Authorization` header carries `Bearer <token>`, compared in constant time."""
+    scheme, _, credentials = header.partition(b" ")
+    # compare_digest on both branches: the time taken must not tell how much matched.
+    ok = hmac.compare_digest(credentials.strip(), token)
+    return ok and scheme.lower() == b"bearer"
 
 
 class _Flight:
@@ -217,10 +228,7 @@ class MetricsApp:
 
     def _authorized(self, header: bytes) -> bool:
         assert self._token is not None
-        scheme, _, credentials = header.partition(b" ")
-        # compare_digest on both branches: the time taken must not tell how much matched.
-        ok = hmac.compare_digest(credentials.strip(), self._token)
-        return ok and scheme.lower() == b"bearer"
+        return authorized(header, self._token)
 
     async def _shared_render(self, key: _RenderKey, encoder: Encoder) -> bytes:
         """The body for `key`, from a render that began after this scrape arrived.
@@ -316,6 +324,9 @@ class MetricsApp:
         return gzip.compress(body, compresslevel=6) if compress else body
 
     def _multiprocess_reader(self) -> FastMultiProcessReader:
+        # Imported here: only a multiprocess deployment pays for the reader's import.
+        from gatewayz_metrics._mpread import FastMultiProcessReader
+
         # One per app: it keeps the keys parsed from the workers' files between scrapes.
         with self._counts_lock:
             if self._mp_reader is None:
@@ -326,9 +337,9 @@ class MetricsApp:
     def _source(self) -> Collector:
         if not self._multiprocess:
             return self.registry
-        from gatewayz_metrics._multiprocess import multiprocess_registry
+        from gatewayz_metrics._multiprocess import _merged_registry
 
-        return multiprocess_registry()
+        return _merged_registry(None, self.registry)
 
     @staticmethod
     def _restricted(names: Sequence[str], source: Collector) -> Collector:

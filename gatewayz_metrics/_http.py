@@ -50,6 +50,31 @@ def method_label(method: object) -> str:
         return OTHER_METHOD
 
 
+OTHER_STATUS = "other"
+"""The `status_code` of a response whose integer status is outside 100-599."""
+
+STATUS_LABELS: dict[object, str] = {code: str(code) for code in range(100, 600)}
+"""The `status_code` label of every valid status: the middleware's hot path looks it up."""
+
+
+def status_label(status: object) -> str:
+    """The `status_code` label of a response status: the code itself if 100-599.
+
+    One rule for the middleware and `track_http_request`. Any other integer (an upstream's
+    garbage forwarded by a proxy) folds into `other`, so the label stays bounded. A status
+    that is not an int at all is an application bug that no server sends on: `TypeError`.
+    """
+    try:
+        label = STATUS_LABELS.get(status)
+    except TypeError:  # unhashable
+        label = None
+    if label is not None:
+        return label
+    if isinstance(status, int) and not isinstance(status, bool):
+        return OTHER_STATUS
+    raise TypeError(f"the application sent a non-integer status of type {type(status).__name__}")
+
+
 class Measurement:
     """One request that a middleware is measuring, as seen by code running inside it.
 

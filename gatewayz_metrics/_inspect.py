@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import gzip
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -24,10 +23,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
+from gatewayz_metrics._cardinality import OVERFLOW_VALUE
+from gatewayz_metrics._domain import DEFAULT_LABEL_CAPS
+from gatewayz_metrics._exposition import BEARER_TOKEN_ENV, BEARER_TOKEN_FILE_ENV, configured_token
+from gatewayz_metrics._gateway import MAX_CURRENCIES
+from gatewayz_metrics._http import DEFAULT_MAX_ENDPOINTS
 from gatewayz_metrics._secrets import looks_like_secret
-
-TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
-"""The environment variable `MetricsApp` reads its token from; the inspector reads it too."""
 
 EXIT_OK = 0
 EXIT_FAILED_CHECK = 1
@@ -36,24 +37,16 @@ EXIT_ERROR = 2
 NEAR_CAP = 0.9
 """A label whose distinct values reach this share of its cap is reported as near it."""
 
-# Caps the package applies by default (`DEFAULT_LABEL_CAPS`, `max_endpoints`), keyed by
-# label name: the exposition does not carry an application's own caps, `--cap` overrides.
+# Caps the package applies by default, keyed by label name, from the package's own
+# constants: the exposition does not carry an application's own caps, `--cap` overrides.
+# A fallback's `from_model` and `to_model` are capped as `model` is.
 _DEFAULT_CAPS: Mapping[str, int] = {
-    "endpoint": 500,
-    "provider": 50,
-    "model": 200,
-    "user_id": 1000,
-    "api_key_id": 1000,
-    "table": 100,
-    "operation": 100,
-    "cache_name": 100,
-    "limit_type": 100,
-    "status": 100,
-    "plan": 100,
-    "connection_type": 100,
-    "queue": 100,
+    "endpoint": DEFAULT_MAX_ENDPOINTS,
+    **DEFAULT_LABEL_CAPS,
+    "from_model": DEFAULT_LABEL_CAPS["model"],
+    "to_model": DEFAULT_LABEL_CAPS["model"],
+    "currency": MAX_CURRENCIES,
 }
-_OVERFLOW_VALUE = "__other__"
 # Labels whose values are numbers by construction: never a secret, never a cardinality
 # question of their own (their count is the bucket layout).
 _STRUCTURAL_LABELS = frozenset({"le", "quantile"})
@@ -201,7 +194,7 @@ def fetch(
         hint = ""
         if exc.code in (401, 403):
             hint = (
-                f" (give the token with --token or {TOKEN_ENV})"
+                f" (give the token with --token, {BEARER_TOKEN_ENV} or {BEARER_TOKEN_FILE_ENV})"
                 if not token
                 else " (token refused)"
             )
@@ -328,7 +321,7 @@ def _label_report(
         values=len(counted),
         cap=cap,
         top=top,
-        overflowed=_OVERFLOW_VALUE in counted,
+        overflowed=OVERFLOW_VALUE in counted,
         secrets=secrets,
     )
 
@@ -418,7 +411,7 @@ def _findings(report: Report) -> list[str]:
         if label.overflowed:
             lines.append(
                 f"CAP {family.name}{{{label.name}}}: reached its cap, values fold into "
-                f"{_OVERFLOW_VALUE} ({label.values:,} distinct)"
+                f"{OVERFLOW_VALUE} ({label.values:,} distinct)"
             )
         elif label.cap is not None and label.values > label.cap:
             lines.append(
@@ -483,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("source", help="an http(s) URL to scrape, or a file (- for stdin)")
     inspect.add_argument(
-        "--token", help=f"bearer token for the endpoint (default: ${TOKEN_ENV} when set)"
+        "--token",
+        help=f"bearer token for the endpoint (default: ${BEARER_TOKEN_ENV}, else the file "
+        f"${BEARER_TOKEN_FILE_ENV} names, as MetricsApp reads it)",
     )
     inspect.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     inspect.add_argument(
@@ -507,15 +502,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token(given: str | None) -> str | None:
+    """`--token`, else the token `MetricsApp` would read from its environment (one rule)."""
+    if given is not None:
+        return given.strip() or None
+    try:
+        token = configured_token(None)
+    except ValueError as exc:
+        raise InspectError(str(exc)) from None
+    return None if token is None else token.decode()
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None) -> int:
     """Entry point of `gatewayz-metrics` and `python -m gatewayz_metrics`."""
     stdout = stdout or sys.stdout
     args = build_parser().parse_args(argv)
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
-    token = token.strip() if token else None
     source: str = args.source
     try:
         if source.startswith(("http://", "https://")):
+            token = _token(args.token)
             show = _progress_line(sys.stderr) if sys.stderr.isatty() and not args.json else None
             exposition = fetch(source, token=token, timeout=args.timeout, progress=show)
             if show is not None:

@@ -21,11 +21,13 @@ from gatewayz_metrics._exposition import (
 )
 from gatewayz_metrics._http import (
     MEASURED_SCOPE_KEY,
+    STATUS_LABELS,
     UNMATCHED_ENDPOINT,
     HTTPMetrics,
     Measurement,
     method_label,
     request_measured,
+    status_label,
 )
 from gatewayz_metrics._internal import create_self_metrics, logger, report_internal_error
 from gatewayz_metrics._labels import clean_label
@@ -46,8 +48,6 @@ from gatewayz_metrics._types import ASGIApp, Message, Receive, Scope, Send
 
 CLIENT_CLOSED_REQUEST = "499"
 """The status recorded when the client went away before the response was complete."""
-
-_STATUS_LABELS = {code: str(code) for code in range(100, 600)}
 
 
 class PrometheusMiddleware:
@@ -316,7 +316,7 @@ class PrometheusMiddleware:
                 elif status is None:
                     status_code = "500"
                 else:
-                    status_code = _STATUS_LABELS.get(status) or _status_label(status)
+                    status_code = STATUS_LABELS.get(status) or status_label(status)
                 requests, children = metrics.series(
                     method, self._endpoint(scope, root_path, path, before), status_code
                 )
@@ -652,9 +652,3 @@ def _zerocopy_bytes(message: Message) -> int:
     if count is None:
         return remaining or 0
     return count if remaining is None else min(count, remaining)
-
-
-def _status_label(status: Any) -> str:
-    if isinstance(status, int) and not isinstance(status, bool):
-        return str(status)
-    raise TypeError(f"the application sent a non-integer status {status!r}")

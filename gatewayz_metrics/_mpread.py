@@ -62,12 +62,12 @@ from gatewayz_metrics import _compat
 from gatewayz_metrics._internal import report_internal_error
 from gatewayz_metrics._multiprocess import (
     _locked,
+    _mark_dead,
+    _merged_registry,
     _pids_raw,
     _sized,
-    mark_dead_workers,
-    multiprocess_registry,
 )
-from gatewayz_metrics._render import format_value
+from gatewayz_metrics._render import _escape_label_value, format_value
 
 __all__ = ["FastMultiProcessReader"]
 
@@ -226,7 +226,7 @@ class FastMultiProcessReader:
     def render(self, encoder: Callable[[Collector], bytes]) -> bytes:
         """`encoder(multiprocess_registry(path))`, through the fast path when it can."""
         if not _compat.multiprocess_fast():
-            return encoder(multiprocess_registry(self._directory))
+            return encoder(self._slow_registry())
         try:
             with self._lock:
                 layout, values, recent = self._read()
@@ -242,7 +242,12 @@ class FastMultiProcessReader:
         except Exception as exc:
             self.close()
             report_internal_error(self._errors_registry, "multiprocess.fast", exc)
-        return encoder(multiprocess_registry(self._directory))
+        return encoder(self._slow_registry())
+
+    def _slow_registry(self) -> CollectorRegistry:
+        """prometheus_client's own merge of the files (retiring workers only if this reader
+        may), for what the fast path does not serve."""
+        return _merged_registry(self._directory, self._errors_registry, retire=self._retire)
 
     def _format(self, encoder: Callable[[Collector], bytes]) -> _Format | None:
         key = _encoder_key(encoder)
@@ -258,7 +263,7 @@ class FastMultiProcessReader:
     def collect(self) -> list[Metric]:
         """The merged metric families, equal to `MultiProcessCollector`'s."""
         if not _compat.multiprocess_fast():
-            return list(multiprocess_registry(self._directory).collect())
+            return list(self._slow_registry().collect())
         with self._lock:
             layout, values, recent = self._read()
             return _metrics(layout, values, recent)
@@ -287,7 +292,7 @@ class FastMultiProcessReader:
         if self._retire and str(os.getpid()) in _pids_raw(directory):
             # As multiprocess_registry does: retire workers that are gone first.
             try:
-                mark_dead_workers(directory)
+                _mark_dead(directory, self._errors_registry)
             except Exception as exc:
                 report_internal_error(self._errors_registry, "multiprocess.retire", exc)
         with _locked(directory, exclusive=False):
@@ -551,10 +556,6 @@ def _prefix(cache: dict[tuple[str, _Labels], str], name: str, labels: _Labels) -
             found = f"{escaped} "
         cache[(name, labels)] = found
     return found
-
-
-def _escape_label_value(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def _combine(

@@ -32,12 +32,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from prometheus_client import REGISTRY, CollectorRegistry, values
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import RestrictedRegistry
 
+from gatewayz_metrics import _compat
 from gatewayz_metrics._internal import logger, report_internal_error
 from gatewayz_metrics._types import ASGIApp, Receive, Scope, Send
 
@@ -50,7 +50,7 @@ ARCHIVE = "archive"
 """The 'pid' part of the files that hold the counts of retired workers."""
 
 _LOCK_NAME = "gatewayz-metrics.lock"  # not *.db: MultiProcessCollector never reads it
-_HEADER_BYTES = 8  # MmapedDict: bytes used (4), padding (4)
+_HEADER_BYTES = _compat.MMAP_HEADER_BYTES
 _FILE = re.compile(r"^(?P<kind>counter|histogram|summary|gauge_[a-z]+)_(?P<pid>[^_]+)\.db$")
 # What folding does with two values of one series, per kind of file.
 _SUM, _MIN, _MAX, _LATEST = "sum", "min", "max", "latest"
@@ -176,7 +176,8 @@ def retire_worker(pid: int, path: str | os.PathLike[str] | None = None) -> None:
             f"process {pid} is still running: retiring it would lose the counts it makes later"
         )
     with _locked(directory, exclusive=True):
-        _retire_locked(directory, [pid])
+        # A gunicorn hook in the arbiter: no application registry here, the default one.
+        _retire_locked(directory, [pid], REGISTRY)
 
 
 def mark_dead_workers(path: str | os.PathLike[str] | None = None) -> tuple[int, ...]:
@@ -189,6 +190,11 @@ def mark_dead_workers(path: str | os.PathLike[str] | None = None) -> tuple[int, 
     now has the pid of a dead worker but does not map its files (the pid was reused) does not
     keep them alive. Returns the pids retired.
     """
+    return _mark_dead(path, REGISTRY)
+
+
+def _mark_dead(path: str | os.PathLike[str] | None, errors: CollectorRegistry) -> tuple[int, ...]:
+    """`mark_dead_workers`, counting faults of ours in `errors` (the serving app's registry)."""
     directory = _directory(path)
     pids = _pids(directory)
     for gone in set(_writers) - pids:  # set(): a copy in one step, safe beside other threads
@@ -197,10 +203,12 @@ def mark_dead_workers(path: str | os.PathLike[str] | None = None) -> tuple[int, 
     if not dead:
         return ()
     with _locked(directory, exclusive=True):
-        return _retire_locked(directory, dead)
+        return _retire_locked(directory, dead, errors)
 
 
-def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> CollectorRegistry:
+def multiprocess_registry(
+    path: str | os.PathLike[str] | None = None, *, retire_dead_workers: bool = True
+) -> CollectorRegistry:
     """A registry that serves the merged metrics of all workers in the directory.
 
     Each collection first retires workers that are gone (only when the collecting process
@@ -209,14 +217,23 @@ def multiprocess_registry(path: str | os.PathLike[str] | None = None) -> Collect
     exactly once. `restricted_registry(names)` (what `?name[]=` uses) keeps the samples so
     named, as it does in single-process mode. Raises `ValueError`
     naming the problem when the directory is missing or not a directory.
+    `retire_dead_workers=False` only reads (a process outside the workers' pid namespace,
+    such as the exporter, must never judge them dead).
     """
+    return _merged_registry(path, REGISTRY, retire=retire_dead_workers)
+
+
+def _merged_registry(
+    path: str | os.PathLike[str] | None, errors: CollectorRegistry, *, retire: bool = True
+) -> CollectorRegistry:
+    """`multiprocess_registry`, counting faults of ours in `errors` (the app's registry)."""
     directory = _directory(path)
     if not directory.is_dir():
         raise MultiprocDirError(
             f"{MULTIPROC_DIR_ENV} directory {str(directory)!r} does not exist or is not a directory"
         )
     registry = _MultiprocessRegistry()
-    _LockedCollector(registry, str(directory))
+    _LockedCollector(registry, str(directory), errors, retire=retire)
     return registry
 
 
@@ -319,18 +336,23 @@ class _RestrictedMultiprocess(RestrictedRegistry):
 class _LockedCollector(MultiProcessCollector):
     """`MultiProcessCollector` that retires dead workers and reads under the shared lock."""
 
-    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, path: str, errors: CollectorRegistry, *, retire: bool
+    ) -> None:
         super().__init__(registry, path)  # type: ignore[no-untyped-call]
         self._directory = Path(path)
+        # Where faults of ours are counted: the registry of the app that serves the scrape.
+        self._errors = errors
+        self._retire = retire
 
     def collect(self) -> Iterable[Metric]:
         directory = self._directory
-        if str(os.getpid()) in _pids_raw(directory):
+        if self._retire and str(os.getpid()) in _pids_raw(directory):
             try:
-                mark_dead_workers(directory)
+                _mark_dead(directory, self._errors)
             except Exception as exc:
                 # The scrape goes on: a dead worker's files left in place are still summed.
-                report_internal_error(REGISTRY, "multiprocess.retire", exc)
+                report_internal_error(self._errors, "multiprocess.retire", exc)
         with _locked(directory, exclusive=False):
             # What MultiProcessCollector.collect does, without the files it cannot read.
             # merge() reads every file before it returns: nothing is read after the unlock.
@@ -342,8 +364,7 @@ class _LockedCollector(MultiProcessCollector):
 
 
 def _multiprocess_mode() -> bool:
-    # prometheus_client picks its value class once, at import, from the environment.
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
+    return _compat.multiprocess_mode()
 
 
 def _directory(path: str | os.PathLike[str] | None) -> Path:
@@ -518,7 +539,9 @@ def _sized(file: Path) -> bool:
         return False  # a live gauge's file, removed by a retire since the glob
 
 
-def _retire_locked(directory: Path, pids: Iterable[int]) -> tuple[int, ...]:
+def _retire_locked(
+    directory: Path, pids: Iterable[int], errors: CollectorRegistry
+) -> tuple[int, ...]:
     """Fold or remove the files of the dead `pids`; the caller holds the exclusive lock.
 
     Returns the pids retired: not those whose files are already gone (another scrape retired
@@ -527,11 +550,14 @@ def _retire_locked(directory: Path, pids: Iterable[int]) -> tuple[int, ...]:
     """
     if sys.platform == "win32":  # pragma: no cover - without a lock, readers could count twice
         return ()
+    problem = _compat.multiprocess_structure_problem()
+    if problem is not None:  # never rewrite files in a format this release may not write
+        raise RuntimeError(f"not retiring dead workers: {problem}")
     # Again, under the lock.
     files = {pid: found for pid in pids if (found := _files_of(directory, pid))}
     files = {pid: found for pid, found in files.items() if not _writer_alive(pid, directory)}
     while files:
-        staged = _stage(directory, [file for found in files.values() for file in found])
+        staged = _stage(directory, [file for found in files.values() for file in found], errors)
         try:
             # A last look before anything changes: a process that took a pid since the first
             # look and mapped its files keeps them (and their counts) in place.
@@ -555,7 +581,9 @@ def _retire_locked(directory: Path, pids: Iterable[int]) -> tuple[int, ...]:
     return ()
 
 
-def _stage(directory: Path, files: list[tuple[str, Path]]) -> list[tuple[Path, Path]]:
+def _stage(
+    directory: Path, files: list[tuple[str, Path]], errors: CollectorRegistry
+) -> list[tuple[Path, Path]]:
     """Write each kind's archive plus `files` to a partial file: [(partial, archive)]."""
     staged = []
     for kind, how in _FOLD.items():
@@ -578,7 +606,7 @@ def _stage(directory: Path, files: list[tuple[str, Path]]) -> list[tuple[Path, P
                 # by us or by MultiProcessCollector: left in place it would fail every scrape.
                 # Its counts are lost either way; it is kept aside for inspection.
                 os.replace(source, source.with_name(source.name + ".unreadable"))
-                report_internal_error(REGISTRY, "multiprocess.unreadable", exc)
+                report_internal_error(errors, "multiprocess.unreadable", exc)
                 continue
             readable += 1
             for key, value, timestamp, _ in entries:
@@ -588,12 +616,12 @@ def _stage(directory: Path, files: list[tuple[str, Path]]) -> list[tuple[Path, P
         partial = directory / f".{kind}_{ARCHIVE}.db.partial"
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        out = MmapedDict(str(partial))  # type: ignore[no-untyped-call]
+        out = _compat.MmapedDict(str(partial))
         try:
             for key, (value, timestamp) in merged.items():
-                out.write_value(key, value, timestamp)  # type: ignore[no-untyped-call]
+                out.write_value(key, value, timestamp)
         finally:
-            out.close()  # type: ignore[no-untyped-call]
+            out.close()
         staged.append((partial, archive))
     return staged
 
@@ -606,7 +634,7 @@ def _mtime(file: Path) -> tuple[int, str]:
 
 
 def _read(file: Path) -> list[tuple[str, float, float, int]]:
-    return list(MmapedDict.read_all_values_from_file(str(file)))  # type: ignore[no-untyped-call]
+    return list(_compat.MmapedDict.read_all_values_from_file(str(file)))
 
 
 def _combine(

@@ -7,8 +7,10 @@ In multiprocess mode a scrape reads and merges every worker's files. Served by t
 is serving. This exporter does it in a separate process: Prometheus scrapes it, the serving
 workers never see a scrape. It reads the directory with the same fast, exact reader as
 `MetricsApp` (`FastMultiProcessReader`), and answers like it: the text format or OpenMetrics
-as the client's `Accept` asks, gzip when accepted, `name[]` filtering, and the bearer token of
-`GATEWAYZ_METRICS_BEARER_TOKEN` when that is set.
+as the client's `Accept` asks (a malformed `Accept` gets the text format), gzip when
+accepted, `name[]` filtering, and the same bearer token rule: `bearer_token=`, else
+`GATEWAYZ_METRICS_BEARER_TOKEN`, else the file `GATEWAYZ_METRICS_BEARER_TOKEN_FILE` names,
+stripped of surrounding whitespace.
 
 From gunicorn, start it in the arbiter once it is ready (`gunicorn.conf.py`):
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hmac
 import os
 import subprocess
 import sys
@@ -37,19 +38,27 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, gzip_accepted
-from prometheus_client.metrics_core import Metric
+from prometheus_client.exposition import gzip_accepted
 from prometheus_client.registry import Collector
 
-from gatewayz_metrics._internal import logger
+from gatewayz_metrics._exposition import (
+    BEARER_TOKEN_ENV,
+    BEARER_TOKEN_FILE_ENV,
+    authorized,
+    configured_token,
+    negotiate,
+)
+from gatewayz_metrics._internal import log_once, logger
 from gatewayz_metrics._mpread import FastMultiProcessReader, _Fixed
+from gatewayz_metrics._multiprocess import restrict
 
 __all__ = ["DEFAULT_PORT", "main", "make_server", "start_exporter"]
 
 DEFAULT_PORT = 9464
 """The exporter's default port (OpenTelemetry's Prometheus exporter uses it too)."""
-_BEARER_TOKEN_ENV = "GATEWAYZ_METRICS_BEARER_TOKEN"
 _MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Every answer depends on how the client negotiates: caches must key on it (as MetricsApp).
+_VARY = ("Vary", "Accept, Accept-Encoding")
 
 
 def make_server(
@@ -63,7 +72,8 @@ def make_server(
     """An HTTP server (not yet serving) that answers `GET path` with the merged metrics.
 
     `directory` defaults to `PROMETHEUS_MULTIPROC_DIR`; `bearer_token` to
-    `GATEWAYZ_METRICS_BEARER_TOKEN`. Raises `ValueError` naming a bad value.
+    `GATEWAYZ_METRICS_BEARER_TOKEN`, else to the file `GATEWAYZ_METRICS_BEARER_TOKEN_FILE`
+    names (stripped, as `MetricsApp` does). Raises `ValueError` naming a bad value.
     """
     if directory is None:
         directory = os.environ.get(_MULTIPROC_DIR_ENV) or None
@@ -73,13 +83,11 @@ def make_server(
         raise ValueError(f"multiprocess directory {str(directory)!r} is not a directory")
     if not path.startswith("/"):
         raise ValueError(f"path must start with '/', got {path!r}")
-    if bearer_token is None:
-        bearer_token = os.environ.get(_BEARER_TOKEN_ENV) or None
+    token = configured_token(bearer_token)
     registry = CollectorRegistry()  # the exporter's own faults, served with the metrics
     # Read only: should the exporter write a file of its own (a fault counted), it must still
     # never retire workers, which may live in another pid namespace (a sidecar container).
     reader = FastMultiProcessReader(directory, registry=registry, retire_dead_workers=False)
-    token = None if bearer_token is None else bearer_token.encode()
     handler = _handler(reader, path, token)
     return ThreadingHTTPServer((host, port), handler)
 
@@ -90,13 +98,24 @@ def start_exporter(
     host: str = "127.0.0.1",
     directory: str | os.PathLike[str] | None = None,
     path: str = "/metrics",
+    bearer_token: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the exporter as a child process (gunicorn: in the arbiter's `when_ready` hook).
 
-    The child exits when the process that started it does. The bearer token, if any, is
-    passed through the environment (`GATEWAYZ_METRICS_BEARER_TOKEN`), never the command line.
+    The child exits when the process that started it does. The bearer token (`bearer_token=`,
+    else the environment's, as `make_server` reads it) is checked here, so a bad one fails in
+    the caller, and passed through the environment (`GATEWAYZ_METRICS_BEARER_TOKEN`), never
+    the command line, where any local user could read it.
     """
     env = dict(os.environ)
+    if bearer_token is not None:
+        token = configured_token(bearer_token)
+        assert token is not None  # a str argument is checked, never dropped
+        env[BEARER_TOKEN_ENV] = token.decode()
+        # The argument wins over a token file the parent's environment may name.
+        env.pop(BEARER_TOKEN_FILE_ENV, None)
+    else:
+        configured_token(None)  # a blank or unreadable token fails here, not in the child
     if directory is not None:
         env[_MULTIPROC_DIR_ENV] = str(Path(directory).absolute())
     if not env.get(_MULTIPROC_DIR_ENV):
@@ -168,7 +187,8 @@ def _handler(
             if url.path != path:
                 self._reply(404, b"Not Found\n", [], head=head)
                 return
-            if token is not None and not _authorized(self.headers.get("Authorization", ""), token):
+            header = self.headers.get("Authorization", "").encode("latin-1", "replace")
+            if token is not None and not authorized(header, token):
                 self._reply(
                     401,
                     b"Unauthorized\n",
@@ -176,19 +196,25 @@ def _handler(
                     head=head,
                 )
                 return
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            # Never prometheus_client's choose_encoder directly: a malformed Accept makes it
+            # raise, and the scraper would see a dropped connection instead of an answer.
+            encoder, content_type = negotiate(self.headers.get("Accept", ""))
             names = tuple(sorted(set(parse_qs(url.query).get("name[]", ()))))
             try:
                 body = reader.render(_restricted(encoder, names) if names else encoder)
             except Exception as exc:
-                logger.error("gatewayz-metrics exporter: collection failed", exc_info=exc)
-                reason = f"metrics collection failed: {type(exc).__name__}\n".encode()
-                self._reply(500, reason, [], head=head)
+                reason = f"metrics collection failed: {type(exc).__name__}"
+                # Once per kind: a broken file fails every scrape, every few seconds.
+                if log_once(("exporter", reason)):
+                    logger.error(
+                        "gatewayz-metrics exporter: %s (logged once per kind)", reason, exc_info=exc
+                    )
+                self._reply(500, reason.encode() + b"\n", [_VARY], head=head)
                 return
-            headers = [("Content-Type", content_type)]
+            headers = [("Content-Type", content_type), _VARY]
             if gzip_accepted(self.headers.get("Accept-Encoding", "")):
                 body = gzip.compress(body, compresslevel=6)
-                headers += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
+                headers.append(("Content-Encoding", "gzip"))
             self._reply(200, body, headers, head=head)
 
         def _reply(
@@ -207,12 +233,6 @@ def _handler(
     return Handler
 
 
-def _authorized(header: str, token: bytes) -> bool:
-    scheme, _, credentials = header.encode("latin-1", "replace").partition(b" ")
-    ok = hmac.compare_digest(credentials.strip(), token)
-    return ok and scheme.lower() == b"bearer"
-
-
 def _restricted(
     encoder: Callable[[Collector], bytes], names: Sequence[str]
 ) -> Callable[[Collector], bytes]:
@@ -220,12 +240,8 @@ def _restricted(
     wanted = set(names)
 
     def encode(source: Collector) -> bytes:
-        kept: list[Metric] = []
-        for metric in source.collect():
-            restricted = metric._restricted_metric(wanted)  # type: ignore[no-untyped-call]
-            if restricted is not None:
-                kept.append(restricted)
-        return encoder(_Fixed(kept))
+        # The one restriction rule of multiprocess mode (`_multiprocess.restrict`).
+        return encoder(_Fixed(list(restrict(source.collect(), wanted))))
 
     return encode
 

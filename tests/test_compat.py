@@ -135,3 +135,36 @@ def test_an_unproven_release_reads_multiprocess_files_through_prometheus_client(
     assert b"jobs_total 3.0" in expected
     assert reader.fast_reads == 0
     assert [family.name for family in reader.collect()] == ["jobs"]
+
+
+def test_the_multiprocess_internals_are_where_the_package_expects_them() -> None:
+    """`MmapedDict`'s methods and `MultiProcessCollector.merge` exist on the installed release,
+    and the value class answers whether multiprocess mode is on."""
+    assert _compat.multiprocess_structure_problem() is None
+    assert _compat.multiprocess_mode() is False  # the test process writes no files
+    assert _compat.MMAP_HEADER_BYTES == 8
+
+
+def test_workers_are_not_retired_on_a_release_without_the_expected_file_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should `MmapedDict` change, retiring dead workers stops (counted) before any file is
+    rewritten, and the files stay as they are."""
+    from gatewayz_metrics._multiprocess import _retire_locked
+
+    dead = tmp_path / "counter_999999.db"
+    values = _compat.MmapedDict(str(dead))
+    values.write_value("x", 1.0, 0.0)
+    values.close()
+    before = dead.read_bytes()
+    monkeypatch.setattr(_compat.MmapedDict, "read_all_values_from_file", None)
+    with pytest.raises(RuntimeError, match="read_all_values_from_file is missing"):
+        _retire_locked(tmp_path, [999999], CollectorRegistry())
+    assert dead.read_bytes() == before
+
+
+def test_the_release_is_read_without_importlib_metadata() -> None:
+    """The version from the `.dist-info` name equals what `importlib.metadata` reports."""
+    from importlib.metadata import version
+
+    assert _compat._dist_info_version() == version("prometheus-client")
