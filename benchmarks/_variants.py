@@ -96,13 +96,50 @@ def _floor(app: Starlette) -> Recorded:
     return lambda: _sample(registry, "http_requests_total", labels)
 
 
-def _gatewayz(app: Starlette) -> Recorded:
+def _gatewayz(app: Starlette, registry: CollectorRegistry | None = None) -> Recorded:
     from gatewayz_metrics import PrometheusMiddleware
 
-    registry = CollectorRegistry()
+    registry = CollectorRegistry() if registry is None else registry
     app.add_middleware(PrometheusMiddleware, registry=registry)
     labels = {"method": "GET", "endpoint": ROUTE, "status_code": "200"}
     return lambda: _sample(registry, "http_requests_total", labels)
+
+
+def _tracer() -> Any:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return TracerProvider().get_tracer("benchmarks")
+
+
+def _gatewayz_exemplars_no_span(app: Starlette) -> Recorded:
+    # The application uses OpenTelemetry (it is imported, the SDK is set up), but no span
+    # is active during the requests: the exemplar code runs and finds nothing to attach.
+    _tracer()
+    return _gatewayz(app)
+
+
+def _gatewayz_exemplars_span(app: Starlette) -> Recorded:
+    from opentelemetry import context, trace
+
+    # One sampled span, current for the whole run (asyncio.run copies this context into
+    # its task): the row measures what attaching exemplars costs, not what tracing costs.
+    span = _tracer().start_span("benchmark")
+    context.attach(trace.set_span_in_context(span))
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    registry = CollectorRegistry()
+    recorded = _gatewayz(app, registry)
+
+    def with_exemplars() -> float:
+        # Requests recorded without the span's exemplar would not be this row's work.
+        for family in registry.collect():
+            if family.name == "http_request_duration_seconds":
+                for sample in family.samples:
+                    exemplar = sample.exemplar
+                    if exemplar is not None and exemplar.labels["trace_id"] == trace_id:
+                        return recorded()
+        return 0.0
+
+    return with_exemplars
 
 
 def _starlette_exporter(app: Starlette) -> Recorded:
@@ -168,6 +205,18 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant(
         "gatewayz", "gatewayz_metrics.PrometheusMiddleware, defaults", "gatewayz-metrics", _gatewayz
+    ),
+    Variant(
+        "gatewayz + exemplars, no span",
+        "PrometheusMiddleware, defaults, OpenTelemetry SDK loaded, no active span",
+        "opentelemetry-sdk",
+        _gatewayz_exemplars_no_span,
+    ),
+    Variant(
+        "gatewayz + exemplars, with an active span",
+        "PrometheusMiddleware, defaults, a sampled span active: trace_id exemplars",
+        "opentelemetry-sdk",
+        _gatewayz_exemplars_span,
     ),
     Variant(
         "starlette_exporter",

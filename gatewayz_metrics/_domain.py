@@ -21,6 +21,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from gatewayz_metrics._cardinality import OVERFLOW_VALUE, BoundedLabel
+from gatewayz_metrics._exemplars import (
+    ExemplarOption,
+    check_exemplar,
+    check_option,
+    exemplar_for,
+)
 from gatewayz_metrics._http import (
     HTTPMetrics,
     check_buckets,
@@ -32,6 +38,7 @@ from gatewayz_metrics._internal import (
     create_self_metrics,
     log_once,
     logger,
+    report_dropped_exemplar,
     report_internal_error,
     report_invalid_value,
 )
@@ -43,6 +50,7 @@ from gatewayz_metrics._validation import (
     MAX_COUNT,
     InvalidArgumentError,
     InvalidCallError,
+    InvalidTypeError,
     InvalidValueError,
     strict_from_env,
 )
@@ -276,6 +284,8 @@ GAUGE_FAMILIES: tuple[str, ...] = tuple(spec.name for spec in _GAUGES)
 # at 0 with the domain metrics, so that increase() sees the first one.
 _INVALID_SERIES: tuple[tuple[str, str], ...] = (
     *(("model_inference_requests_total", a) for a in ("provider", "model", "status", "tracker")),
+    ("model_inference_duration_seconds", "exemplar"),
+    ("model_time_to_first_token_seconds", "exemplar"),
     *(
         ("tokens_used_total", a)
         for a in ("provider", "model", "input_tokens", "output_tokens", "set_usage")
@@ -732,6 +742,7 @@ class InferenceHandle:
 
     __slots__ = (
         "_duration",
+        "_exemplar",
         "_metrics",
         "_model",
         "_output_tokens",
@@ -750,8 +761,10 @@ class InferenceHandle:
         provider: str,
         model: str,
         start: float,
+        exemplar: ExemplarOption = True,
     ) -> None:
         self._metrics = metrics
+        self._exemplar = exemplar
         # None: the call's labels were invalid (lenient mode), so nothing is recorded.
         self._series = series
         self._provider = provider
@@ -781,7 +794,10 @@ class InferenceHandle:
         self._ttft = time.perf_counter() - self._start
         if self._series is not None:
             try:
-                self._series.ttft.observe(self._ttft)
+                exemplar = exemplar_for(
+                    self._metrics.registry, "model_time_to_first_token_seconds", self._exemplar
+                )
+                self._series.ttft.observe(self._ttft, exemplar)
             except Exception as exc:
                 report_internal_error(self._metrics.registry, "tracker.inference", exc)
 
@@ -840,7 +856,10 @@ class InferenceHandle:
         if series is None:
             return
         series.requests[status].inc()
-        series.duration.observe(duration)
+        exemplar = exemplar_for(
+            self._metrics.registry, "model_inference_duration_seconds", self._exemplar
+        )
+        series.duration.observe(duration, exemplar)
         if status == SUCCESS:
             self._observe_tpot(duration)
 
@@ -860,16 +879,22 @@ class _DomainTracker(Tracker[H]):
 
 
 class _InferenceTracker(_DomainTracker[InferenceHandle]):
-    __slots__ = ("_model", "_provider", "_retry", "_series")
+    __slots__ = ("_exemplar", "_model", "_provider", "_retry", "_series")
     _component = "tracker.inference"
     _metric = "model_inference_requests_total"
 
     def __init__(
-        self, metrics: GatewayMetrics, provider: str, model: str, attempt: int = 1
+        self,
+        metrics: GatewayMetrics,
+        provider: str,
+        model: str,
+        attempt: int = 1,
+        exemplar: object = True,
     ) -> None:
         super().__init__(metrics)
         self._provider = provider
         self._model = model
+        self._exemplar = _exemplar_option(metrics, exemplar)
         # Resolved now, so bad input is reported at the call, before anything is measured.
         series: _InferenceSeries | None = None
         retry: Counter | None = None
@@ -889,7 +914,7 @@ class _InferenceTracker(_DomainTracker[InferenceHandle]):
 
     def _open(self) -> InferenceHandle:
         return InferenceHandle(
-            self._metrics, self._series, self._provider, self._model, self._start
+            self._metrics, self._series, self._provider, self._model, self._start, self._exemplar
         )
 
     def _detached(self) -> InferenceHandle:
@@ -899,6 +924,26 @@ class _InferenceTracker(_DomainTracker[InferenceHandle]):
         handle._finish(duration, exc)
         if self._retry is not None:
             self._retry.inc()
+
+
+def _exemplar_option(metrics: GatewayMetrics, exemplar: object) -> ExemplarOption:
+    """`exemplar=` of a tracker, checked at the call: a mapping once, a function at each
+    observation. Invalid: strict mode raises, lenient records without an exemplar."""
+    if exemplar is True:
+        return True
+    try:
+        try:
+            option = check_option("exemplar", exemplar, mapping=True)
+        except TypeError as exc:
+            raise InvalidTypeError("exemplar", str(exc)) from None
+        if isinstance(option, bool) or callable(option):
+            return option
+        return check_exemplar(option) or False
+    except InvalidArgumentError as exc:
+        if metrics.strict:
+            raise
+        report_dropped_exemplar(metrics.registry, "model_inference_duration_seconds", exc)
+        return False
 
 
 class HTTPRequestHandle:
@@ -958,7 +1003,9 @@ class _HTTPTracker(_DomainTracker[HTTPRequestHandle]):
                 code = int(carried)
         series = self._metrics._families.http.get((self._method, self._endpoint))
         series.requests(code).inc()
-        series.duration.observe(duration)
+        series.duration.observe(
+            duration, exemplar_for(self._registry, "http_request_duration_seconds", True)
+        )
 
 
 class _DatabaseTracker(_DomainTracker[None]):
@@ -1134,14 +1181,26 @@ class GatewayMetrics:
         return _HTTPTracker(self, method, endpoint)
 
     def track_model_inference(
-        self, provider: str, model: str, *, attempt: int = 1
+        self,
+        provider: str,
+        model: str,
+        *,
+        attempt: int = 1,
+        exemplar: bool | Mapping[str, str] | Callable[[], Mapping[str, str] | None] = True,
     ) -> Tracker[InferenceHandle]:
         """Time an inference call and record its outcome; see `InferenceHandle`.
 
         `attempt` numbers the upstream calls of one request from 1: every attempt counts
         in `model_inference_requests_total`, and those after the first (retries and
-        fallbacks) also in `model_inference_retries_total`."""
-        return _InferenceTracker(self, provider, model, attempt)
+        fallbacks) also in `model_inference_retries_total`.
+
+        `exemplar`: the duration and time-to-first-token observations carry the trace of
+        the active, sampled OpenTelemetry span (`True`, the default), none (`False`), the
+        given labels (a mapping, checked now), or what `exemplar()` returns at each
+        observation (a mapping or None; a function that raises or returns an invalid
+        exemplar is counted, never raised).
+        """
+        return _InferenceTracker(self, provider, model, attempt, exemplar)
 
     def track_database_query(self, table: str, operation: str) -> Tracker[None]:
         """Count and time a database query (failed ones included)."""
@@ -1417,10 +1476,16 @@ def track_http_request(method: str, endpoint: str) -> Tracker[HTTPRequestHandle]
 
 
 def track_model_inference(
-    provider: str, model: str, *, attempt: int = 1
+    provider: str,
+    model: str,
+    *,
+    attempt: int = 1,
+    exemplar: bool | Mapping[str, str] | Callable[[], Mapping[str, str] | None] = True,
 ) -> Tracker[InferenceHandle]:
     """`GatewayMetrics.track_model_inference` on the default registry."""
-    return (_default or default_metrics()).track_model_inference(provider, model, attempt=attempt)
+    return (_default or default_metrics()).track_model_inference(
+        provider, model, attempt=attempt, exemplar=exemplar
+    )
 
 
 def track_database_query(table: str, operation: str) -> Tracker[None]:

@@ -4,8 +4,9 @@ One logger, one log-once, and the three self-metrics:
 `gatewayz_metrics_internal_errors_total{component}` (a fault of ours, the request went on),
 `gatewayz_metrics_label_overflow_total{metric, label}` (a value folded into `__other__`) and
 `gatewayz_metrics_invalid_values_total{metric, argument}` (a recording call dropped because
-the application passed an invalid value). Their known series are created at 0 with the
-metrics they watch, so that `rate()` and `increase()` see the very first fault.
+the application passed an invalid value; for `argument="exemplar"`, only the exemplar).
+Their known series are created at 0 with the metrics they watch, so that `rate()` and
+`increase()` see the very first fault.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ KNOWN_COMPONENTS: tuple[str, ...] = (
     "multiprocess.fast",
     "multiprocess.retire",
     "multiprocess.unreadable",
+    "exemplar",
 )
 """Components whose `internal_errors_total` series exist from the start: every component
 string the package reports (a test greps the source to keep this complete). Per-callback
@@ -96,7 +98,8 @@ def invalid_values_total(registry: CollectorRegistry) -> Counter:
         "invalid_values",
         "gatewayz_metrics_invalid_values",
         "Recording calls dropped because the application passed an invalid value "
-        "(strict mode raises instead); nothing of the call was recorded.",
+        "(strict mode raises instead); nothing of the call was recorded, except for "
+        'argument="exemplar": the observation was recorded without its exemplar.',
         ["metric", "argument"],
     )
 
@@ -150,6 +153,27 @@ def report_invalid_value(
                 "in gatewayz_metrics_invalid_values_total; set GATEWAYZ_METRICS_STRICT=1 to "
                 "raise instead)",
                 metric,
+                exc,
+            )
+    except Exception:  # pragma: no cover - last line of defence
+        pass
+
+
+def report_dropped_exemplar(registry: CollectorRegistry, metric: str, exc: BaseException) -> None:
+    """Count an application exemplar that was unusable (invalid, or its function raised).
+
+    The observation itself is recorded, without an exemplar; the exemplar is counted in
+    `invalid_values_total{metric, argument="exemplar"}`. Never raises.
+    """
+    try:
+        invalid_values_total(registry).labels(metric, "exemplar").inc()
+        if log_once(("exemplar", metric, type(exc).__qualname__)):
+            logger.warning(
+                "gatewayz-metrics: dropped the exemplar of a %s observation, recorded without "
+                "it: %s: %s (logged once per kind; counted in "
+                "gatewayz_metrics_invalid_values_total)",
+                metric,
+                type(exc).__name__,
                 exc,
             )
     except Exception:  # pragma: no cover - last line of defence

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from gatewayz_metrics._aio import is_cancellation
+from gatewayz_metrics._exemplars import ExemplarOption, check_option, exemplar_for
 from gatewayz_metrics._exposition import (
     BEARER_TOKEN_ENV,
     MetricsApp,
@@ -28,7 +29,7 @@ from gatewayz_metrics._http import (
     request_measured,
     status_label,
 )
-from gatewayz_metrics._internal import logger, report_internal_error
+from gatewayz_metrics._internal import create_self_metrics, logger, report_internal_error
 from gatewayz_metrics._labels import clean_label
 from gatewayz_metrics._multiprocess import multiproc_dir_problem, serve_refused
 from gatewayz_metrics._registry import resolve_registry
@@ -63,6 +64,13 @@ class PrometheusMiddleware:
     (`/metrics`) goes down the application as the slash path the mount expects
     (`/metrics/`): no 307 redirect, and every middleware, mount and host rule on the way
     still decides, exactly as for `/metrics/`.
+
+    `exemplar`: the duration and TTFB observations carry the `trace_id` and `span_id` of
+    the active, sampled OpenTelemetry span (`True`, the default; put OpenTelemetry's
+    middleware outside this one, as `FastAPIInstrumentor` does), none (`False`), or what
+    `exemplar(scope)` returns (a mapping of str to str, or None). A function that raises
+    or returns an invalid exemplar never fails the request: the observation is recorded
+    without it and counted in `gatewayz_metrics_invalid_values_total`.
     """
 
     _metrics: HTTPMetrics
@@ -79,8 +87,10 @@ class PrometheusMiddleware:
         ttfb_buckets: Iterable[float] | None = None,
         max_endpoints: int | None = None,
         route_resolver: RouteResolver | None = None,
+        exemplar: bool | Callable[[Scope], Mapping[str, str] | None] = True,
     ) -> None:
         self.app = app
+        self._exemplar: ExemplarOption = check_option("exemplar", exemplar, mapping=False)
         self.registry = resolve_registry(registry)
         # A multiprocess directory that is missing or not writable would fail every request
         # that records a metric: fail the start-up instead, naming it (see `__call__`).
@@ -92,6 +102,11 @@ class PrometheusMiddleware:
                 ttfb_buckets=None if ttfb_buckets is None else tuple(ttfb_buckets),
                 max_endpoints=max_endpoints,
             )
+            if callable(exemplar):
+                # Its drops are counted from 0, so that increase() sees the first one.
+                create_self_metrics(
+                    self.registry, invalid=[("http_request_duration_seconds", "exemplar")]
+                )
         else:
             logger.error("gatewayz-metrics: %s", self._refusal)
         if metrics_path is not None and (
@@ -306,9 +321,13 @@ class PrometheusMiddleware:
                     method, self._endpoint(scope, root_path, path, before), status_code
                 )
                 requests.inc()
-                children.duration.observe(end - start)
+                # One exemplar for both histograms: the same request, the same trace.
+                exemplar = exemplar_for(
+                    metrics.registry, "http_request_duration_seconds", self._exemplar, scope
+                )
+                children.duration.observe(end - start, exemplar)
                 if response_start:
-                    children.ttfb.observe(response_start - start)
+                    children.ttfb.observe(response_start - start, exemplar)
                 # The series exist from binding; adding 0 (most GETs) is a wasted lock.
                 if received:
                     children.request_size.inc(received)

@@ -25,6 +25,8 @@ VARIANTS = {
     "bare": None,
     "floor": None,
     "gatewayz": None,
+    "gatewayz + exemplars, no span": None,  # opentelemetry-sdk is a test extra
+    "gatewayz + exemplars, with an active span": None,
     "starlette_exporter": "starlette-exporter",
     "instrumentator": "prometheus-fastapi-instrumentator",
     "otel_asgi": "opentelemetry-instrumentation-asgi",

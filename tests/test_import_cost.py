@@ -7,7 +7,15 @@ import os
 import subprocess
 import sys
 
-FRAMEWORK_MODULES = ("fastapi", "starlette", "pydantic", "quart", "anyio", "werkzeug")
+FRAMEWORK_MODULES = (
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "quart",
+    "anyio",
+    "werkzeug",
+    "opentelemetry",  # exemplars read it only when the application imported it
+)
 
 
 def modules_after(statement: str) -> set[str]:

@@ -72,6 +72,7 @@ from examples.gateway.providers import (
     estimate_tokens,
     model_catalog,
 )
+from examples.gateway.tracing import enable_tracing, tracing_wanted
 from gatewayz_metrics import GatewayMetrics, InferenceHandle, ModelPrice, PrometheusMiddleware
 
 logger = logging.getLogger("examples.gateway")
@@ -1355,6 +1356,10 @@ def create_app(
     app = FastAPI(title="Gatewayz demo gateway", lifespan=lifespan)
     app.state.gateway = gateway
     app.add_middleware(PrometheusMiddleware, registry=registry)
+    if tracing_wanted():
+        # Outside the metrics middleware: latency and TTFT observations carry the trace ids
+        # of these spans as exemplars (OpenMetrics scrapes only). See tracing.py.
+        enable_tracing(app)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -53,6 +53,9 @@ class Query:
     legend: str = ""
     instant: bool = False
     table: bool = False
+    exemplar: bool = False
+    """Show the exemplars of the histogram (trace ids; Prometheus needs
+    --enable-feature=exemplar-storage, and the datasource links them to traces)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def _target(query: Query, ref_id: str) -> JSON:
     }
     if query.table:
         target["format"] = "table"
+    if query.exemplar:
+        target["exemplar"] = True
     return target
 
 
@@ -207,9 +212,16 @@ PANELS: tuple[Panel, ...] = (
     Panel(
         title="Response time percentiles",
         kind="timeseries",
-        description="p50, p95 and p99 of HTTP request duration over all endpoints.",
+        description=(
+            "p50, p95 and p99 of HTTP request duration over all endpoints. The dots are "
+            "exemplars: one request each, linked to its trace."
+        ),
         queries=tuple(
-            Query(_quantile(q, "http_request_duration_seconds_bucket", ENV), f"p{name}")
+            Query(
+                _quantile(q, "http_request_duration_seconds_bucket", ENV),
+                f"p{name}",
+                exemplar=True,
+            )
             for q, name in (("0.5", "50"), ("0.95", "95"), ("0.99", "99"))
         ),
         unit="s",
@@ -287,13 +299,17 @@ PANELS: tuple[Panel, ...] = (
     Panel(
         title="Time to first token (p50/p95)",
         kind="timeseries",
-        description="How long streaming users wait for the first token, by provider.",
+        description=(
+            "How long streaming users wait for the first token, by provider. The dots are "
+            "exemplars: one call each, linked to its trace."
+        ),
         queries=tuple(
             Query(
                 _quantile(
                     q, "model_time_to_first_token_seconds_bucket", PROVIDER_MODEL, "provider"
                 ),
                 f"{{{{provider}}}} p{name}",
+                exemplar=True,
             )
             for q, name in (("0.5", "50"), ("0.95", "95"))
         ),
