@@ -12,11 +12,11 @@ import random
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, http_scope
+from _registries import CustomCollector, created_metrics
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -25,12 +25,9 @@ from prometheus_client import (
     Histogram,
     Info,
     Summary,
-    disable_created_metrics,
-    enable_created_metrics,
     generate_latest,
 )
-from prometheus_client import metrics as prometheus_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
@@ -75,37 +72,11 @@ def assert_renders_like_generate_latest(
     return ours
 
 
-class CustomCollector:
-    """A custom collector; records the threads it was collected from."""
-
-    def __init__(self) -> None:
-        self.threads: list[int] = []
-
-    def collect(self) -> Iterable[Metric]:
-        self.threads.append(threading.get_ident())
-        gauge = GaugeMetricFamily("custom_queue_depth", "Queue depth.", labels=["queue"])
-        gauge.add_metric(['say "hi"\n'], 3)
-        counter = CounterMetricFamily("custom_jobs", "Jobs.", labels=["kind"])
-        counter.add_metric(["batch"], 7, created=1700000000.5)
-        return [gauge, counter]
-
-
 class FailingCollector:
     """A custom collector whose database is down."""
 
     def collect(self) -> Iterable[Metric]:
         raise ConnectionError("database refused the connection")
-
-
-@contextmanager
-def created_metrics(enabled: bool) -> Iterator[None]:
-    """`_created` series on or off for the block, then as before (it is process-global)."""
-    before = prometheus_metrics._use_created
-    (enable_created_metrics if enabled else disable_created_metrics)()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        (enable_created_metrics if before else disable_created_metrics)()  # type: ignore[no-untyped-call]
 
 
 def every_kind(registry: CollectorRegistry) -> CustomCollector:

@@ -9,11 +9,10 @@ import gzip
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, http_scope
+from _registries import CustomCollector, created_metrics
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,12 +21,8 @@ from prometheus_client import (
     Histogram,
     Info,
     Summary,
-    disable_created_metrics,
-    enable_created_metrics,
     generate_latest,
 )
-from prometheus_client import metrics as prometheus_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from gatewayz_metrics import MetricsApp
@@ -55,32 +50,6 @@ def assert_renders_like_openmetrics(
     ours, theirs = render(registry, OPENMETRICS, renderer), openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
     assert ours == theirs
     return ours
-
-
-@contextmanager
-def created_metrics(enabled: bool) -> Iterator[None]:
-    """`_created` series on or off for the block, then as before (it is process-global)."""
-    before = prometheus_metrics._use_created
-    (enable_created_metrics if enabled else disable_created_metrics)()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        (enable_created_metrics if before else disable_created_metrics)()  # type: ignore[no-untyped-call]
-
-
-class CustomCollector:
-    """A custom collector; records the threads it was collected from."""
-
-    def __init__(self) -> None:
-        self.threads: list[int] = []
-
-    def collect(self) -> Iterable[Metric]:
-        self.threads.append(threading.get_ident())
-        gauge = GaugeMetricFamily("custom_queue_depth", "Queue depth.", labels=["queue"])
-        gauge.add_metric(['say "hi"\n'], 3)
-        counter = CounterMetricFamily("custom_jobs", "Jobs.", labels=["kind"])
-        counter.add_metric(["batch"], 7, created=1700000000.5)
-        return [gauge, counter]
 
 
 def every_kind(registry: CollectorRegistry) -> CustomCollector:

@@ -1,0 +1,38 @@
+"""Registry helpers shared by the renderer tests: the process-global `_created` switch for a
+block, and a custom collector outside prometheus_client's metric types."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from prometheus_client import disable_created_metrics, enable_created_metrics
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+
+@contextmanager
+def created_metrics(enabled: bool) -> Iterator[None]:
+    """`_created` series on or off for the block, then as before (it is process-global)."""
+    before = prometheus_metrics._use_created
+    (enable_created_metrics if enabled else disable_created_metrics)()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        (enable_created_metrics if before else disable_created_metrics)()  # type: ignore[no-untyped-call]
+
+
+class CustomCollector:
+    """A custom collector; records the threads it was collected from."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def collect(self) -> Iterable[Metric]:
+        self.threads.append(threading.get_ident())
+        gauge = GaugeMetricFamily("custom_queue_depth", "Queue depth.", labels=["queue"])
+        gauge.add_metric(['say "hi"\n'], 3)
+        counter = CounterMetricFamily("custom_jobs", "Jobs.", labels=["kind"])
+        counter.add_metric(["batch"], 7, created=1700000000.5)
+        return [gauge, counter]
