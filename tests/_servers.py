@@ -81,6 +81,24 @@ def kill_session(process: subprocess.Popen[Any], timeout: float = 10) -> None:
     process.wait(timeout=timeout)
 
 
+def child_processes(parent: int) -> list[tuple[int, bytes, bytes]]:
+    """`(pid, state, cmdline)` of every process whose parent is `parent`, read from /proc
+    (processes that end while being read are passed over)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rpartition(b")")[2].split()
+        if int(fields[1]) == parent:
+            found.append((int(entry.name), fields[0], cmdline))
+    return found
+
+
 def wait_serving(
     url: str, process: subprocess.Popen[Any], log: Path, *, timeout: float = 20
 ) -> None:
