@@ -12,6 +12,7 @@ import time
 
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, http_scope
+from _exposition import PROMETHEUS_ACCEPT as PROMETHEUS_ACCEPT_HEADER
 from _registries import CustomCollector, created_metrics
 from prometheus_client import (
     CollectorRegistry,
@@ -28,11 +29,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from gatewayz_metrics import MetricsApp
 from gatewayz_metrics._render import OPENMETRICS, TEXT, Format, Renderer
 
-PROMETHEUS_ACCEPT = (
-    b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    b"q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
-"""What Prometheus 2.42 and 3.x send (captured from a real Prometheus)."""
+PROMETHEUS_ACCEPT = PROMETHEUS_ACCEPT_HEADER.encode()
 AWKWARD_VALUES = ('say "hi"', "back\\slash", "new\nline", "ünïcødé ✓", "", "a,b=c}", "{0}")
 
 
