@@ -1,5 +1,6 @@
 """Registry helpers shared by the renderer tests: the process-global `_created` switch for a
-block, and a custom collector outside prometheus_client's metric types."""
+block, a custom collector outside prometheus_client's metric types, and a spy on the fast
+render path."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import disable_created_metrics, enable_created_metrics
+import pytest
+from prometheus_client import CollectorRegistry, disable_created_metrics, enable_created_metrics
 from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gatewayz_metrics._render import Format, Renderer
 
 
 @contextmanager
@@ -36,3 +40,17 @@ class CustomCollector:
         counter = CounterMetricFamily("custom_jobs", "Jobs.", labels=["kind"])
         counter.add_metric(["batch"], 7, created=1700000000.5)
         return [gauge, counter]
+
+
+def spy_fast_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every format the fast render path renders from now on (in the
+    list returned); prometheus_client's fallback is not recorded."""
+    formats: list[str] = []
+    fast = Renderer._render_fast
+
+    async def spy(self: Renderer, registry: CollectorRegistry, fmt: Format) -> bytes:
+        formats.append(fmt.name)
+        return await fast(self, registry, fmt)
+
+    monkeypatch.setattr(Renderer, "_render_fast", spy)
+    return formats

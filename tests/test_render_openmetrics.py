@@ -13,7 +13,7 @@ import time
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, http_scope
 from _exposition import PROMETHEUS_ACCEPT as PROMETHEUS_ACCEPT_HEADER
-from _registries import CustomCollector, created_metrics
+from _registries import CustomCollector, created_metrics, spy_fast_renders
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -250,14 +250,7 @@ async def test_metrics_app_answers_prometheus_from_the_fast_openmetrics_renderer
     """Prometheus's own Accept and gzip: OpenMetrics bytes, rendered by the fast path."""
     registry = CollectorRegistry()
     every_kind(registry)
-    formats: list[str] = []
-    fast = Renderer._render_fast
-
-    async def spy(self: Renderer, registry: CollectorRegistry, fmt: Format) -> bytes:
-        formats.append(fmt.name)
-        return await fast(self, registry, fmt)
-
-    monkeypatch.setattr(Renderer, "_render_fast", spy)
+    formats = spy_fast_renders(monkeypatch)
     app = MetricsApp(registry)
     for encoding in (b"gzip", b""):
         send = RecordingSend()
