@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 from _binaries import require_binary
-from _servers import LOOPBACK, free_port, start_logged, stop, wait_serving
+from _servers import LOOPBACK, free_port, served
 from promql_queries import REPO_ROOT
 
 STARTUP_SECONDS = 20.0
@@ -26,13 +26,11 @@ def demo_gateway(log: Path, env: Mapping[str, str]) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "examples.gateway", "--host", LOOPBACK]
     command += ["--port", str(port), "--no-traffic", "--log-level", "warning"]
-    process = start_logged(command, log, cwd=REPO_ROOT, env={**os.environ, **env})
-    try:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_serving(f"{url}/health", process, log, timeout=STARTUP_SECONDS)
+    environment = {**os.environ, **env}
+    with served(
+        command, log, port, "/health", cwd=REPO_ROOT, env=environment, timeout=STARTUP_SECONDS
+    ) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def scrape_job(job: str, static_config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
@@ -71,10 +69,5 @@ def prometheus_server(
         f"--web.listen-address={LOOPBACK}:{port}",
         *flags,
     ]
-    process = start_logged(command, log, cwd=directory)
-    try:
-        url = f"http://{LOOPBACK}:{port}"
-        wait_serving(f"{url}/-/ready", process, log, timeout=STARTUP_SECONDS)
+    with served(command, log, port, "/-/ready", cwd=directory, timeout=STARTUP_SECONDS) as url:
         yield url
-    finally:
-        stop(process)

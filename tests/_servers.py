@@ -117,6 +117,28 @@ def wait_serving(
 
 
 @contextmanager
+def served(
+    argv: Sequence[str],
+    log: Path,
+    port: int,
+    ready_path: str,
+    *,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20,
+) -> Iterator[str]:
+    """`argv` (a server listening on `port` of 127.0.0.1) started with its output in `log`;
+    yields its base URL once `ready_path` answers 200, and stops it in every case."""
+    process = start_logged(argv, log, cwd=cwd, env=env)
+    try:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_serving(f"{url}{ready_path}", process, log, timeout=timeout)
+        yield url
+    finally:
+        stop(process)
+
+
+@contextmanager
 def uvicorn_thread(app: Any, **options: Any) -> Iterator[str]:
     """`app` behind a real uvicorn on a free loopback port, in a thread of this process (so
     the test can read the app's registry); yields the base URL and stops the server after."""
