@@ -14,11 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _exposition import PROMETHEUS_ACCEPT
 from _servers import child_processes, free_port
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_mpread_app import PROMETHEUS_ACCEPT, run_workers
+from test_mpread_app import run_workers
 from test_multiprocess import Server, wait_for
 
 from gatewayz_metrics import multiprocess_registry
