@@ -81,6 +81,24 @@ def kill_session(process: subprocess.Popen[Any], timeout: float = 10) -> None:
     process.wait(timeout=timeout)
 
 
+def child_processes(parent: int) -> list[tuple[int, bytes, bytes]]:
+    """`(pid, state, cmdline)` of every process whose parent is `parent`, read from /proc
+    (processes that end while being read are passed over)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rpartition(b")")[2].split()
+        if int(fields[1]) == parent:
+            found.append((int(entry.name), fields[0], cmdline))
+    return found
+
+
 def wait_serving(
     url: str, process: subprocess.Popen[Any], log: Path, *, timeout: float = 20
 ) -> None:
@@ -96,6 +114,28 @@ def wait_serving(
             pass
         time.sleep(0.05)
     pytest.fail(f"{url} not ready after {timeout:g} s:\n{log_tail(log)}")
+
+
+@contextmanager
+def served(
+    argv: Sequence[str],
+    log: Path,
+    port: int,
+    ready_path: str,
+    *,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20,
+) -> Iterator[str]:
+    """`argv` (a server listening on `port` of 127.0.0.1) started with its output in `log`;
+    yields its base URL once `ready_path` answers 200, and stops it in every case."""
+    process = start_logged(argv, log, cwd=cwd, env=env)
+    try:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_serving(f"{url}{ready_path}", process, log, timeout=timeout)
+        yield url
+    finally:
+        stop(process)
 
 
 @contextmanager

@@ -6,8 +6,6 @@ ids that the demo's own exporter recorded, for the HTTP and inference latency fa
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
-from _binaries import require_binary
-from _servers import free_port, start_logged, stop, wait_serving
-from promql_queries import REPO_ROOT
+from _prometheus import demo_gateway, prometheus_server, scrape_job, write_config
 
 from examples.gateway.load import run_load
 
@@ -26,7 +21,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
 JOB = "gatewayz-exemplars"
 LOAD_SECONDS = 8.0
-STARTUP_SECONDS = 20.0
 QUERY_SECONDS = 30.0
 FAMILIES = (
     "http_request_duration_seconds_bucket",
@@ -40,55 +34,22 @@ FAMILIES = (
 def traced_gateway(tmp_path: Path) -> Iterator[str]:
     """`python -m examples.gateway` with tracing on (GATEWAYZ_DEMO_TRACING=1), no built-in
     traffic, on a free loopback port; yields its base URL and stops it in every case."""
-    port = free_port()
-    log = tmp_path / "gateway.log"
-    env = {**os.environ, "GATEWAYZ_DEMO_TRACING": "1", "GATEWAYZ_DEMO_HEALTH_INTERVAL": "1"}
-    command = [sys.executable, "-m", "examples.gateway", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--no-traffic", "--log-level", "warning"]
-    process = start_logged(command, log, cwd=REPO_ROOT, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_serving(f"{url}/health", process, log, timeout=STARTUP_SECONDS)
+    env = {"GATEWAYZ_DEMO_TRACING": "1", "GATEWAYZ_DEMO_HEALTH_INTERVAL": "1"}
+    with demo_gateway(tmp_path / "gateway.log", env) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture
 def exemplar_prometheus(tmp_path: Path, traced_gateway: str) -> Iterator[str]:
     """A real Prometheus storing exemplars, scraping the gateway every second."""
-    binary = require_binary("prometheus")
     directory = tmp_path / "prometheus"
     directory.mkdir()
-    config = {
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": JOB,
-                "scrape_interval": "1s",
-                "scrape_timeout": "1s",
-                "static_configs": [{"targets": [traced_gateway.removeprefix("http://")]}],
-            }
-        ],
-    }
-    config_file = directory / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    command = [
-        binary,
-        f"--config.file={config_file}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--enable-feature=exemplar-storage",
-    ]
-    process = start_logged(command, log, cwd=directory)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_serving(f"{url}/-/ready", process, log, timeout=STARTUP_SECONDS)
+    target = {"targets": [traced_gateway.removeprefix("http://")]}
+    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [scrape_job(JOB, target)]}
+    config_file = write_config(directory, config)
+    flags = ["--enable-feature=exemplar-storage"]
+    with prometheus_server(tmp_path, directory, config_file, flags) as url:
         yield url
-    finally:
-        stop(process)
 
 
 async def query_exemplars(client: httpx.AsyncClient, family: str, start: float) -> list[str]:

@@ -8,9 +8,7 @@ return data, every rule must evaluate without error, and no API key may reach Pr
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from _binaries import require_binary
-from _servers import free_port, start_logged, stop, wait_serving
+from _prometheus import STARTUP_SECONDS, demo_gateway, prometheus_server, scrape_job, write_config
 from promql_queries import (
     ALERT_RULES_FILE,
     DASHBOARD_QUERIES,
     RECORDING_RULES,
     RECORDING_RULES_FILE,
-    REPO_ROOT,
     load_rule_groups,
 )
 
@@ -39,7 +35,6 @@ ENVIRONMENT = "e2e"
 LOAD_SECONDS = 20.0
 """Long enough for several scrapes and rule evaluations of every series, and to reach the
 demo's first outage window (10 s after the gateway starts)."""
-STARTUP_SECONDS = 20.0
 QUERY_SECONDS = 30.0
 """How long rules get to catch up after the load: each evaluation needs two scrapes of a
 series inside its window, and the queries are polled until they all have data."""
@@ -49,22 +44,12 @@ series inside its window, and the queries are polled until they all have data.""
 def gateway(tmp_path: Path) -> Iterator[str]:
     """`python -m examples.gateway` on a free loopback port, without built-in traffic (the
     test's load is the only traffic); yields its base URL and stops it in every case."""
-    port = free_port()
-    log = tmp_path / "gateway.log"
     # A second between health probes, like the scrape interval.
-    env = {**os.environ, "GATEWAYZ_DEMO_HEALTH_INTERVAL": "1"}
-    command = [sys.executable, "-m", "examples.gateway", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--no-traffic", "--log-level", "warning"]
-    process = start_logged(command, log, cwd=REPO_ROOT, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_serving(f"{url}/health", process, log, timeout=STARTUP_SECONDS)
+    with demo_gateway(tmp_path / "gateway.log", {"GATEWAYZ_DEMO_HEALTH_INTERVAL": "1"}) as url:
         yield url
-    finally:
-        stop(process)
 
 
-def write_config(directory: Path, target: str) -> Path:
+def write_kit_config(directory: Path, target: str) -> Path:
     """A Prometheus configuration scraping `target` every second with the kit's rule files."""
     groups = load_rule_groups(RECORDING_RULES_FILE)
     for group in groups:
@@ -76,52 +61,24 @@ def write_config(directory: Path, target: str) -> Path:
     rules = directory / "recording_rules.yml"
     rules.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False), encoding="utf-8")
     shutil.copy(ALERT_RULES_FILE, directory / "alert_rules.yml")
+    static = {"targets": [target], "labels": {"service": JOB, "environment": ENVIRONMENT}}
     config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": ["recording_rules.yml", "alert_rules.yml"],
-        "scrape_configs": [
-            {
-                "job_name": JOB,
-                "scrape_interval": "1s",
-                "scrape_timeout": "1s",
-                "metrics_path": "/metrics",
-                "static_configs": [
-                    {
-                        "targets": [target],
-                        "labels": {"service": JOB, "environment": ENVIRONMENT},
-                    }
-                ],
-            }
-        ],
+        "scrape_configs": [scrape_job(JOB, static, metrics_path="/metrics")],
     }
-    path = directory / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
+    return write_config(directory, config)
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path, gateway: str) -> Iterator[str]:
     """A real Prometheus on a free loopback port scraping `gateway`; yields its base URL and
     stops it in every case."""
-    binary = require_binary("prometheus")
     directory = tmp_path / "prometheus"
     directory.mkdir()
-    config = write_config(directory, gateway.removeprefix("http://"))
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    command = [
-        binary,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    process = start_logged(command, log, cwd=directory)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_serving(f"{url}/-/ready", process, log, timeout=STARTUP_SECONDS)
+    config = write_kit_config(directory, gateway.removeprefix("http://"))
+    with prometheus_server(tmp_path, directory, config) as url:
         yield url
-    finally:
-        stop(process)
 
 
 async def api(client: httpx.AsyncClient, path: str, **params: str) -> Any:

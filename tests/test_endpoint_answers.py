@@ -5,16 +5,15 @@ scrape a render begun before it arrived."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, client_for, http_scope
+from _collectors import GatedCollector, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -173,33 +172,6 @@ async def test_the_middleware_served_endpoint_varies(registry: CollectorRegistry
 
 
 # --- single-flight ----------------------------------------------------------------------
-
-
-class GatedCollector:
-    """A custom collector whose first collect blocks until `release` is set."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.calls = 0
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        self.calls += 1
-        if self.calls == 1:
-            self.started.set()
-            assert self.release.wait(10), "never released"
-        yield GaugeMetricFamily("gated", "Gated.", value=self.calls)
-
-
-async def wait_for(event: threading.Event) -> None:
-    """Poll a threading.Event from the loop without blocking it."""
-    deadline = time.monotonic() + 10
-    while not event.is_set():
-        assert time.monotonic() < deadline, "the event was never set"
-        await asyncio.sleep(0.002)
 
 
 def writes(body: bytes) -> float:

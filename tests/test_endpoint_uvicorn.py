@@ -8,16 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from _servers import free_port
+from _servers import free_port, uvicorn_thread
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -49,19 +46,8 @@ def served() -> Iterator[str]:
     app = Starlette(routes=[Mount("/metrics", MetricsApp(registry))])
     app.add_middleware(Auth)
     app.add_middleware(PrometheusMiddleware, registry=registry)
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during startup"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "uvicorn did not stop within 10 s"
+    with uvicorn_thread(app, log_level="critical") as url:
+        yield url
 
 
 def test_the_auth_applies_at_the_bare_path_over_http(served: str) -> None:

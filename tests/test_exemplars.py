@@ -15,6 +15,7 @@ import httpx
 import pytest
 from _apps import FRAMEWORKS, build_app
 from _asgi import RecordingSend, ScriptedReceive, http_scope
+from _registries import spy_fast_renders
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span, Tracer
@@ -22,7 +23,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from gatewayz_metrics import GatewayMetrics, MetricsApp, PrometheusMiddleware
-from gatewayz_metrics._render import Format, Renderer
 from gatewayz_metrics._validation import InvalidTypeError, InvalidValueError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -361,14 +361,7 @@ async def test_openmetrics_scrapes_carry_exemplars_byte_for_byte(
 ) -> None:
     """MetricsApp's OpenMetrics answer, rendered by the fast renderer, is prometheus_client's
     OpenMetrics encoding of the same registry, exemplars included, byte for byte."""
-    formats: list[str] = []
-    fast = Renderer._render_fast
-
-    async def spy(self: Renderer, registry: CollectorRegistry, fmt: Format) -> bytes:
-        formats.append(fmt.name)
-        return await fast(self, registry, fmt)
-
-    monkeypatch.setattr(Renderer, "_render_fast", spy)
+    formats = spy_fast_renders(monkeypatch)
     content_type, body = await scrape(MetricsApp(recorded), OPENMETRICS, gzipped=gzipped)
     assert set(formats) == {"openmetrics"}  # the fast path, not prometheus_client's fallback
     assert recorded.get_sample_value(

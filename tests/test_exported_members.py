@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
+import pytest
+
 import gatewayz_metrics
+from gatewayz_metrics import multiprocess
 
 
-def test_all_names_exist_once() -> None:
-    """Every name in `__all__` exists, once (ruff's RUF022 keeps the order sorted)."""
-    names = gatewayz_metrics.__all__
+@pytest.mark.parametrize("module", [gatewayz_metrics, multiprocess], ids=lambda m: m.__name__)
+def test_all_names_exist_once(module: ModuleType) -> None:
+    """Every name in the package's and `gatewayz_metrics.multiprocess`'s `__all__` exists,
+    once (ruff's RUF022 keeps the order sorted)."""
+    names = module.__all__
     assert len(names) == len(set(names))
     for name in names:
-        assert hasattr(gatewayz_metrics, name), name
+        assert hasattr(module, name), name
 
 
 def test_public_objects_are_exported() -> None:

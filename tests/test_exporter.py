@@ -14,11 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _servers import free_port
+from _exposition import PROMETHEUS_ACCEPT
+from _servers import child_processes, free_port
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_mpread_app import PROMETHEUS_ACCEPT, run_workers
+from test_mpread_app import run_workers
 from test_multiprocess import Server, wait_for
 
 from gatewayz_metrics import multiprocess_registry
@@ -161,19 +162,8 @@ def test_gunicorn_workers_are_scraped_through_the_exporter_exactly(tmp_path: Pat
 
 def _exporter_pids(parent: int) -> list[int]:
     """Children of `parent` running the exporter module."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rpartition(b")")[2].split()
-        if int(fields[1]) == parent and b"gatewayz_metrics.exporter" in cmdline:
-            found.append(int(entry.name))
-    return found
+    children = child_processes(parent)
+    return [pid for pid, _, cmdline in children if b"gatewayz_metrics.exporter" in cmdline]
 
 
 def test_the_exporter_refuses_to_start_without_a_directory(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _servers import free_port, uvicorn_thread
+from _servers import free_port, start_logged, stop, uvicorn_thread, wait_serving
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from starlette.applications import Starlette
@@ -181,37 +181,19 @@ def test_a_token_protected_endpoint_needs_the_token(
     assert run("inspect", protected)[0] == 0
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Poll `url` until it answers 200 or the process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited during start-up"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{url} did not answer within {timeout} s")
-
-
 @pytest.mark.slow
-def test_the_demo_gateway_is_clean_under_the_console_script() -> None:
+def test_the_demo_gateway_is_clean_under_the_console_script(tmp_path: Path) -> None:
     """The demo under uvicorn, traffic on: the console script reports no secret, exit 0."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.pop("GATEWAYZ_METRICS_BEARER_TOKEN", None)
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "examples.gateway", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "demo.log"
+    command = [sys.executable, "-m", "examples.gateway", "--port", str(port)]
+    demo = start_logged([*command, "--log-level", "warning"], log, cwd=ROOT, env=env)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        wait_for(url, demo)
+        wait_serving(url, demo, log, timeout=30)
         deadline = time.monotonic() + 30
         while "model_inference_requests_total" not in httpx.get(url).text:
             assert time.monotonic() < deadline, "the demo's traffic recorded no inference"
@@ -227,8 +209,7 @@ def test_the_demo_gateway_is_clean_under_the_console_script() -> None:
             check=False,
         )
     finally:
-        demo.terminate()
-        demo.wait(timeout=10)
+        stop(demo)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK no label value looks like a credential" in done.stdout
     assert "http_request_duration_seconds" in done.stdout
@@ -259,23 +240,18 @@ def test_a_multiprocess_endpoint_sums_the_workers(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "mp_app:app", "--port", str(port), "--workers", "2"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "mp_app:app", "--port", str(port)]
+    server = start_logged([*command, "--workers", "2"], log, cwd=tmp_path, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for(f"{base}/metrics", server)
+        wait_serving(f"{base}/metrics", server, log, timeout=30)
         for _ in range(40):
             with httpx.Client() as client:  # new connections spread over the workers
                 client.get(f"{base}/hit")
         code, out = run("inspect", f"{base}/metrics", "--json")
     finally:
-        server.terminate()
-        server.wait(timeout=15)
+        stop(server, timeout=15)
     assert code == 0, out
     assert len(list(multiproc.glob("counter_*.db"))) >= 1
     families = {f["name"]: f for f in json.loads(out)["families"]}

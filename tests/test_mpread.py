@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _exposition import FAST_READER_ONLY, PROMETHEUS_ACCEPT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,20 +22,12 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 
-from gatewayz_metrics import _compat, multiprocess_registry, retire_worker
+from gatewayz_metrics import multiprocess_registry, retire_worker
 from gatewayz_metrics._mpread import FastMultiProcessReader
 
-pytestmark = pytest.mark.skipif(
-    not _compat.multiprocess_fast(),
-    reason="the fast multiprocess reader serves only the prometheus-client releases it was "
-    "proven on; others read through MultiProcessCollector (tests/test_compat.py)",
-)
+pytestmark = FAST_READER_ONLY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROMETHEUS_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
 # The text format, OpenMetrics, what Prometheus' Accept gets, and a UTF-8 text variant.
 ENCODERS: tuple[Callable[[Collector], bytes], ...] = (
     generate_latest,

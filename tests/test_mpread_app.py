@@ -10,25 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _exposition import FAST_READER_ONLY, PROMETHEUS_ACCEPT
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 
-from gatewayz_metrics import MetricsApp, PrometheusMiddleware, _compat, multiprocess_registry
+from gatewayz_metrics import MetricsApp, PrometheusMiddleware, multiprocess_registry
 
-pytestmark = pytest.mark.skipif(
-    not _compat.multiprocess_fast(),
-    reason="the fast multiprocess reader serves only the prometheus-client releases it was "
-    "proven on; others read through MultiProcessCollector (tests/test_compat.py)",
-)
+pytestmark = FAST_READER_ONLY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROMETHEUS_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
 WORKER = textwrap.dedent(
     """
     import sys

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from _servers import free_port, kill_session, start_logged
+from _servers import child_processes, free_port, kill_session, start_logged
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -99,19 +99,11 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 def children(pid: int) -> set[int]:
     """The worker processes of the server `pid` (multiprocessing's helper excluded)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rpartition(b")")[2].split()
-        if int(fields[1]) == pid and fields[0] != b"Z" and b"resource_tracker" not in cmdline:
-            found.add(int(entry.name))
-    return found
+    return {
+        child
+        for child, state, cmdline in child_processes(pid)
+        if state != b"Z" and b"resource_tracker" not in cmdline
+    }
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:

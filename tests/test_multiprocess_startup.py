@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from _asgi import ScriptedReceive, http_scope
-from _servers import free_port
+from _servers import free_port, kill_session, start_logged
 from prometheus_client import values
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -184,11 +184,7 @@ def test_without_lifespan_the_app_is_served_and_metrics_answer_503(apps_dir: Pat
     path = f"{apps_dir}:{REPO_ROOT}"
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(missing), "PYTHONPATH": path}
     argv = uvicorn("refusal_apps:starlette_app", port, "--lifespan", "off", "--workers", "2")
-    with open(apps_dir / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            argv, cwd=apps_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    server = start_logged(argv, apps_dir / "server.log", cwd=apps_dir, env=env, new_session=True)
     try:
         statuses: list[int] = []
         deadline = time.monotonic() + START_TIMEOUT
@@ -201,8 +197,7 @@ def test_without_lifespan_the_app_is_served_and_metrics_answer_503(apps_dir: Pat
                 time.sleep(0.1)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     finally:
-        os.killpg(server.pid, 9)
-        server.wait(timeout=10)
+        kill_session(server)
     assert set(statuses) == {200}
     assert metrics.status_code == 503
     assert str(missing) not in metrics.text  # the path is in the log, not in the answer

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import gzip
 import math
 import random
 import struct
 import threading
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, http_scope
+from _registries import CustomCollector, created_metrics, fill_large, longest_pause
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -25,12 +23,9 @@ from prometheus_client import (
     Histogram,
     Info,
     Summary,
-    disable_created_metrics,
-    enable_created_metrics,
     generate_latest,
 )
-from prometheus_client import metrics as prometheus_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
@@ -75,37 +70,11 @@ def assert_renders_like_generate_latest(
     return ours
 
 
-class CustomCollector:
-    """A custom collector; records the threads it was collected from."""
-
-    def __init__(self) -> None:
-        self.threads: list[int] = []
-
-    def collect(self) -> Iterable[Metric]:
-        self.threads.append(threading.get_ident())
-        gauge = GaugeMetricFamily("custom_queue_depth", "Queue depth.", labels=["queue"])
-        gauge.add_metric(['say "hi"\n'], 3)
-        counter = CounterMetricFamily("custom_jobs", "Jobs.", labels=["kind"])
-        counter.add_metric(["batch"], 7, created=1700000000.5)
-        return [gauge, counter]
-
-
 class FailingCollector:
     """A custom collector whose database is down."""
 
     def collect(self) -> Iterable[Metric]:
         raise ConnectionError("database refused the connection")
-
-
-@contextmanager
-def created_metrics(enabled: bool) -> Iterator[None]:
-    """`_created` series on or off for the block, then as before (it is process-global)."""
-    before = prometheus_metrics._use_created
-    (enable_created_metrics if enabled else disable_created_metrics)()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        (enable_created_metrics if before else disable_created_metrics)()  # type: ignore[no-untyped-call]
 
 
 def every_kind(registry: CollectorRegistry) -> CustomCollector:
@@ -309,29 +278,10 @@ def test_children_added_and_removed_from_threads_during_a_render_do_not_break_it
 def test_the_event_loop_stays_responsive_during_a_large_render() -> None:
     """While ~50k series render on the loop, a 1 ms sleeper never waits more than 50 ms."""
     registry = CollectorRegistry()
-    counter = Counter("big", "Big.", ["endpoint", "status"], registry=registry)
-    histogram = Histogram("big_seconds", "Big.", ["endpoint"], registry=registry,
-                          buckets=(0.01, 0.1, 1, 10))  # fmt: skip
-    for n in range(25_000):
-        counter.labels(f"/api/{n}", "200").inc(n)
-    for n in range(3_600):  # 7 lines per child
-        histogram.labels(f"/api/{n}").observe(n / 1000)
-    # The full collection owed for building the registry is not the render's pause.
-    gc.collect()
-
-    async def main() -> float:
-        render_task = asyncio.ensure_future(TextRenderer().render(registry))
-        longest = 0.0
-        last = time.perf_counter()
-        while not render_task.done():
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-        assert len(await render_task) > 1_000_000
-        return longest
-
-    assert asyncio.run(main()) < 0.050
+    fill_large(registry)
+    longest, body = longest_pause(TextRenderer().render(registry))
+    assert len(body) > 1_000_000
+    assert longest < 0.050
 
 
 async def test_metrics_app_serves_the_fast_render_plain_and_gzipped() -> None:

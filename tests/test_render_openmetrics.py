@@ -4,16 +4,20 @@ and `MetricsApp` serving it to a scraper that asks as Prometheus does."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import gzip
 import math
 import threading
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, http_scope
+from _exposition import PROMETHEUS_ACCEPT as PROMETHEUS_ACCEPT_HEADER
+from _registries import (
+    CustomCollector,
+    created_metrics,
+    fill_large,
+    longest_pause,
+    spy_fast_renders,
+)
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,22 +26,14 @@ from prometheus_client import (
     Histogram,
     Info,
     Summary,
-    disable_created_metrics,
-    enable_created_metrics,
     generate_latest,
 )
-from prometheus_client import metrics as prometheus_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from gatewayz_metrics import MetricsApp
 from gatewayz_metrics._render import OPENMETRICS, TEXT, Format, Renderer
 
-PROMETHEUS_ACCEPT = (
-    b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    b"q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
-"""What Prometheus 2.42 and 3.x send (captured from a real Prometheus)."""
+PROMETHEUS_ACCEPT = PROMETHEUS_ACCEPT_HEADER.encode()
 AWKWARD_VALUES = ('say "hi"', "back\\slash", "new\nline", "ünïcødé ✓", "", "a,b=c}", "{0}")
 
 
@@ -55,32 +51,6 @@ def assert_renders_like_openmetrics(
     ours, theirs = render(registry, OPENMETRICS, renderer), openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
     assert ours == theirs
     return ours
-
-
-@contextmanager
-def created_metrics(enabled: bool) -> Iterator[None]:
-    """`_created` series on or off for the block, then as before (it is process-global)."""
-    before = prometheus_metrics._use_created
-    (enable_created_metrics if enabled else disable_created_metrics)()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        (enable_created_metrics if before else disable_created_metrics)()  # type: ignore[no-untyped-call]
-
-
-class CustomCollector:
-    """A custom collector; records the threads it was collected from."""
-
-    def __init__(self) -> None:
-        self.threads: list[int] = []
-
-    def collect(self) -> Iterable[Metric]:
-        self.threads.append(threading.get_ident())
-        gauge = GaugeMetricFamily("custom_queue_depth", "Queue depth.", labels=["queue"])
-        gauge.add_metric(['say "hi"\n'], 3)
-        counter = CounterMetricFamily("custom_jobs", "Jobs.", labels=["kind"])
-        counter.add_metric(["batch"], 7, created=1700000000.5)
-        return [gauge, counter]
 
 
 def every_kind(registry: CollectorRegistry) -> CustomCollector:
@@ -254,28 +224,10 @@ def test_callbacks_and_custom_collectors_run_in_a_worker_thread() -> None:
 def test_the_event_loop_stays_responsive_during_a_large_openmetrics_render() -> None:
     """While ~50k series render as OpenMetrics, a 1 ms sleeper never waits more than 50 ms."""
     registry = CollectorRegistry()
-    counter = Counter("big", "Big.", ["endpoint", "status"], registry=registry)
-    histogram = Histogram("big_seconds", "Big.", ["endpoint"], registry=registry,
-                          buckets=(0.01, 0.1, 1, 10))  # fmt: skip
-    for n in range(25_000):
-        counter.labels(f"/api/{n}", "200").inc(n)
-    for n in range(3_600):
-        histogram.labels(f"/api/{n}").observe(n / 1000)
-    gc.collect()
-
-    async def main() -> float:
-        task = asyncio.ensure_future(Renderer().render(registry, OPENMETRICS))
-        longest = 0.0
-        last = time.perf_counter()
-        while not task.done():
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-        assert (await task).endswith(b"# EOF\n")
-        return longest
-
-    assert asyncio.run(main()) < 0.050
+    fill_large(registry)
+    longest, body = longest_pause(Renderer().render(registry, OPENMETRICS))
+    assert body.endswith(b"# EOF\n")
+    assert longest < 0.050
 
 
 async def test_metrics_app_answers_prometheus_from_the_fast_openmetrics_renderer(
@@ -284,14 +236,7 @@ async def test_metrics_app_answers_prometheus_from_the_fast_openmetrics_renderer
     """Prometheus's own Accept and gzip: OpenMetrics bytes, rendered by the fast path."""
     registry = CollectorRegistry()
     every_kind(registry)
-    formats: list[str] = []
-    fast = Renderer._render_fast
-
-    async def spy(self: Renderer, registry: CollectorRegistry, fmt: Format) -> bytes:
-        formats.append(fmt.name)
-        return await fast(self, registry, fmt)
-
-    monkeypatch.setattr(Renderer, "_render_fast", spy)
+    formats = spy_fast_renders(monkeypatch)
     app = MetricsApp(registry)
     for encoding in (b"gzip", b""):
         send = RecordingSend()

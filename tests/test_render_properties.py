@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from _registries import created_metrics
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import (
@@ -29,10 +29,7 @@ from prometheus_client import (
     Histogram,
     Info,
     Summary,
-    disable_created_metrics,
-    enable_created_metrics,
 )
-from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gatewayz_metrics._render import OPENMETRICS, TEXT, Format, Renderer
@@ -166,16 +163,6 @@ def apply(kind: str, child: Any, number: Any, exemplar: dict[str, str] | None) -
             child.state("b" if number else "a")
     except (ValueError, OverflowError):
         pass
-
-
-@contextmanager
-def created_metrics(enabled: bool) -> Iterator[None]:
-    before = prometheus_metrics._use_created
-    (enable_created_metrics if enabled else disable_created_metrics)()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        (enable_created_metrics if before else disable_created_metrics)()  # type: ignore[no-untyped-call]
 
 
 def assert_both_formats_exact(registry: CollectorRegistry, renderer: Renderer) -> None:

@@ -3,8 +3,6 @@ trio (through anyio). Each test runs the same code under `anyio.run(..., backend
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -13,6 +11,7 @@ import anyio.lowlevel
 import httpx
 import pytest
 from _asgi import RecordingSend, ScriptedReceive, http_scope
+from _collectors import GatedCollector, wait_for
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -128,25 +127,6 @@ def test_a_large_registry_is_rendered_in_slices_that_let_other_tasks_run(
     assert turns >= 2
 
 
-class GatedCollector:
-    """A custom collector whose first collect blocks until `release` is set."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.calls = 0
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        self.calls += 1
-        if self.calls == 1:
-            self.started.set()
-            assert self.release.wait(10), "never released"
-        yield GaugeMetricFamily("gated", "Gated.", value=self.calls)
-
-
 @backends
 def test_a_scrape_during_a_render_gets_the_next_render(
     backend: str, registry: CollectorRegistry
@@ -167,10 +147,7 @@ def test_a_scrape_during_a_render_gets_the_next_render(
     async def main() -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(scrape)
-            deadline = time.monotonic() + 10
-            while not gated.started.is_set():
-                assert time.monotonic() < deadline
-                await anyio.sleep(0.002)
+            await wait_for(gated.started)
             counter.inc()
             for _ in range(3):
                 tasks.start_soon(scrape)
