@@ -117,7 +117,11 @@ def is_cancellation(exc: BaseException) -> bool:
     trio = sys.modules.get("trio")  # a trio exception exists only once trio is imported
     if trio is not None and isinstance(exc, trio.Cancelled):
         return True
-    if _GROUPS and isinstance(exc, _GROUPS):
+    groups = _GROUPS
+    backport = sys.modules.get("exceptiongroup")  # Python 3.10: trio's and anyio's groups
+    if backport is not None:
+        groups = (*groups, backport.BaseExceptionGroup)
+    if groups and isinstance(exc, groups):
         # anyio task groups (Starlette's streaming responses) re-raise a cancellation
         # inside a group.
         inner: tuple[BaseException, ...] = getattr(exc, "exceptions", ())

@@ -22,7 +22,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 
-from gatewayz_metrics import multiprocess_registry, retire_worker
+from gatewayz_metrics import _mpread, multiprocess_registry, retire_worker
 from gatewayz_metrics._mpread import FastMultiProcessReader
 
 pytestmark = FAST_READER_ONLY
@@ -313,22 +313,31 @@ def test_a_live_gauge_removed_between_listing_and_reading_is_skipped(
     write_file(tmp_path, "gauge_livesum", str(PID_BASE + 1), [(key, 2.0, 0)])
     registry = CollectorRegistry()
     reader = FastMultiProcessReader(tmp_path, registry=registry)
-    real_stat = os.stat
     gone = str(tmp_path / f"gauge_livesum_{PID_BASE}.db")
-    calls: list[object] = []
+    listed: list[str] = []
+    unlinked: list[str] = []
+    real_sized = _mpread._sized  # type: ignore[attr-defined]
+    real_stat = os.stat
+
+    def listing(file: Path) -> bool:
+        # The listing sees the file (it is there) ...
+        if str(file) == gone:
+            listed.append(gone)
+        return real_sized(file)
 
     def racing_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
-        # The listing stats the file (it is there); the read that follows finds it gone.
-        if str(path) == gone:
-            calls.append(path)
-            if len(calls) == 2:
-                os.unlink(gone)
+        # ... and the read that follows finds it gone. (Patched at the reader's own call:
+        # Python 3.10's pathlib keeps its own reference to os.stat.)
+        if str(path) == gone and listed and not unlinked:
+            os.unlink(gone)
+            unlinked.append(gone)
         return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(_mpread, "_sized", listing)
     monkeypatch.setattr(os, "stat", racing_stat)
     body = reader.render(generate_latest)
     monkeypatch.undo()
-    assert len(calls) >= 2
+    assert listed == unlinked == [gone]
     assert b"g 2.0\n" in body
     assert reader.fast_reads == 1
 
