@@ -49,7 +49,16 @@ def test_project_urls_name_every_page_a_user_looks_for() -> None:
 
 
 def test_no_extra_needs_files_outside_the_wheel() -> None:
-    """The extras a wheel user can ask for are the repository's own (test, lint, dev): no extra
-    promises something (a demo) that only a clone of the repository has."""
+    """The extras are the repository's own (test, lint, dev) and `otel`, which only brings
+    `opentelemetry-api` for exemplars: no extra promises something (a demo) that only a clone
+    of the repository has."""
     extras = set(metadata("gatewayz-metrics").get_all("Provides-Extra") or [])
-    assert extras == {"test", "lint", "dev"}
+    assert extras == {"test", "lint", "dev", "otel"}
+    otel = [
+        requirement
+        for requirement in metadata("gatewayz-metrics").get_all("Requires-Dist") or []
+        if requirement.replace("'", '"').endswith('extra == "otel"')
+    ]
+    assert [requirement.split(";")[0].strip() for requirement in otel] == [
+        "opentelemetry-api>=1.20"
+    ]
