@@ -171,6 +171,12 @@ def _burn_rate(sli: str, selector: str, slo: str) -> str:
     )
 
 
+BARGAUGE: JSON = {
+    "displayMode": "gradient",
+    "orientation": "horizontal",
+    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+    "showUnfilled": True,
+}
 TIMESERIES: JSON = {
     "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
     "tooltip": {"mode": "multi", "sort": "desc"},
@@ -404,12 +410,7 @@ PANELS: tuple[Panel, ...] = (
             ),
         ),
         min=0,
-        options={
-            "displayMode": "gradient",
-            "orientation": "horizontal",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "showUnfilled": True,
-        },
+        options=BARGAUGE,
     ),
     Panel(
         title="Top users by credits",
@@ -469,12 +470,7 @@ PANELS: tuple[Panel, ...] = (
         unit="percentunit",
         max=1,
         thresholds=(("red", None), ("orange", 0), ("green", 0.25)),
-        options={
-            "displayMode": "gradient",
-            "orientation": "horizontal",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "showUnfilled": True,
-        },
+        options=BARGAUGE,
     ),
     Panel(
         title="Burn rate (1h)",
@@ -631,12 +627,7 @@ PANELS: tuple[Panel, ...] = (
             ),
         ),
         min=0,
-        options={
-            "displayMode": "gradient",
-            "orientation": "horizontal",
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "showUnfilled": True,
-        },
+        options=BARGAUGE,
     ),
 )
 
