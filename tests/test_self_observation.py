@@ -10,10 +10,11 @@ from pathlib import Path
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from test_multiprocess_retire import run_workers
 
+import gatewayz_metrics
 from gatewayz_metrics._internal import KNOWN_COMPONENTS
 from gatewayz_metrics._mpread import FastMultiProcessReader
 
-PACKAGE = Path(__file__).resolve().parent.parent / "gatewayz_metrics"
+PACKAGE = Path(gatewayz_metrics.__file__).resolve().parent  # the code under test (wheel too)
 INTERNAL = "gatewayz_metrics_internal_errors_total"
 
 
